@@ -1,0 +1,177 @@
+"""The bus: the one place that knows how to reach Kafka (producer, consumers, admin)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from .. import logs
+from ..config import Settings
+from ..runtime.metrics import Metrics
+from .producer import Producer
+from .topics import Topics, ensure_topics
+
+log = logs.get("bus")
+T = TypeVar("T")
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker could not be reached within the allowed time."""
+
+
+async def retry_until(what: str, bootstrap: str, op: Callable[[], Awaitable[T]],
+                      timeout: float, first_delay: float = 0.2) -> T:
+    """Run ``op`` until it succeeds, with exponential backoff and one clear log line per try."""
+    deadline = time.monotonic() + timeout
+    delay = first_delay
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await op()
+        except Exception as exc:  # noqa: BLE001 - the broker may fail in many ways at start-up
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(f"{what}: broker {bootstrap} unreachable after "
+                                        f"{attempt} tries: {exc}") from exc
+            log.warning("broker not reachable yet, retrying", what=what, bootstrap=bootstrap,
+                        attempt=attempt, retry_in_s=round(delay, 2), error=str(exc)[:200])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class Bus:
+    """Factory and owner of every Kafka client of one process."""
+
+    def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.metrics = metrics or Metrics()
+        self.topics = Topics(settings.topic_prefix)
+        self.producer = Producer(
+            AIOKafkaProducer(
+                **self.options(), linger_ms=settings.linger_ms, acks="all",
+                enable_idempotence=settings.idempotent_producer, max_batch_size=256 * 1024,
+                request_timeout_ms=15000,
+            ),
+            self.metrics, fail_max=settings.breaker_fail_max, reset_s=settings.breaker_reset_s,
+            retry_max_s=settings.send_retry_max_s, dlq_topic=self.topics.dlq,
+        )
+        self._started = False
+
+    def options(self) -> dict[str, Any]:
+        """Connection options shared by every client (bootstrap and security)."""
+        sec = self.settings.security
+        opts: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "security_protocol": sec.protocol}
+        if sec.protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=sec.sasl_mechanism or "PLAIN",
+                        sasl_plain_username=sec.sasl_username, sasl_plain_password=sec.sasl_password)
+        if sec.protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(
+                cafile=sec.ssl_cafile, certfile=sec.ssl_certfile, keyfile=sec.ssl_keyfile)
+        return opts
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await retry_until("producer start", self.bootstrap, self.producer.start, timeout)
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.producer.stop()
+
+    async def __aenter__(self) -> Bus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def admin(self) -> AIOKafkaAdminClient:
+        return AIOKafkaAdminClient(**self.options(), request_timeout_ms=10000)
+
+    async def ensure_topics(self, timeout: float = 60.0) -> dict[str, str]:
+        async def create() -> dict[str, str]:
+            admin = self.admin()
+            await admin.start()
+            try:
+                return await ensure_topics(admin, self.topics, self.settings.partitions,
+                                           self.settings.replication_factor)
+            finally:
+                await admin.close()
+
+        result = await retry_until("topic creation", self.bootstrap, create, timeout)
+        created = sorted(t for t, s in result.items() if s == "created")
+        if created:
+            log.info("topics created", topics=created, partitions=self.settings.partitions)
+        return result
+
+    async def list_topics(self) -> list[str]:
+        admin = self.admin()
+        await admin.start()
+        try:
+            return sorted(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    def consumer(self, *topics: str, group_id: str | None = None, **overrides: Any) -> AIOKafkaConsumer:
+        options: dict[str, Any] = {
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": self.settings.batch_max_records,
+            "fetch_max_wait_ms": 100,
+            "session_timeout_ms": 10000,
+            "heartbeat_interval_ms": 1000,
+            "rebalance_timeout_ms": 10000,
+            "metadata_max_age_ms": 30000,
+        }
+        options.update(overrides)
+        return AIOKafkaConsumer(*topics, **self.options(), **options)
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        """The partitions of a topic (raises ``LookupError`` when it does not exist)."""
+        consumer = self.consumer()
+        await consumer.start()
+        try:
+            return await _partitions(consumer, topic)
+        finally:
+            await consumer.stop()
+
+    async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        """The exact end of every partition of ``topic``, as it is now.
+
+        ListOffsets(latest) is a lower bound only (some Kafka-protocol brokers report the
+        last batch's base offset), so each partition is also fetched once from that offset:
+        the high watermark of a fetch response is the true end. On Apache Kafka both agree.
+        """
+        consumer = self.consumer(fetch_max_wait_ms=50, max_partition_fetch_bytes=64 * 1024)
+        await consumer.start()
+        try:
+            tps = await _partitions(consumer, topic)
+            consumer.assign(tps)
+            listed = await consumer.end_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, listed[tp])
+            deadline = time.monotonic() + 15
+            while any(consumer.highwater(tp) is None for tp in tps):
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"no fetch answer for {topic} within 15s")
+                await consumer.getmany(timeout_ms=100)
+            return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
+        finally:
+            await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    await consumer.topics()  # refreshes metadata
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        raise LookupError(f"topic {topic} does not exist")
+    return [TopicPartition(topic, p) for p in sorted(parts)]

@@ -1,0 +1,93 @@
+"""Reading a whole topic without a consumer group: table followers and bounded reads.
+
+Used where every reader needs *all* partitions (the query read model, the DLQ view, the
+replayer, the DLQ CLI) rather than a share of them. Nothing is committed: the state is
+rebuilt from the log at start (event sourcing), so there is nothing to lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from .client import Bus, retry_until
+
+Apply = Callable[[Any], Awaitable[None] | None]
+
+
+class TopicFollower:
+    """Reads every partition of a topic from the beginning and calls ``apply`` per record.
+
+    ``caught_up`` is set once the reader has reached the end of the topic as it was when
+    the follower started (exact end, see :meth:`Bus.end_offsets`).
+    """
+
+    def __init__(self, bus: Bus, topic: str, apply: Apply, name: str = "follower") -> None:
+        self.bus = bus
+        self.topic = topic
+        self.apply = apply
+        self.name = name
+        self.caught_up = asyncio.Event()
+        self.target: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.records = 0
+
+    def progress(self) -> tuple[int, int]:
+        """(records read towards the target, records in the target)."""
+        done = sum(min(self.positions.get(tp, 0), end) for tp, end in self.target.items())
+        return done, sum(self.target.values())
+
+    def _check_caught_up(self) -> None:
+        if not self.caught_up.is_set() and all(
+            self.positions.get(tp, 0) >= end for tp, end in self.target.items()
+        ):
+            self.caught_up.set()
+
+    async def run(self, stop: asyncio.Event | None = None, until_end: bool = False,
+                  on_batch: Callable[[], None] | None = None) -> None:
+        """Follow the topic until ``stop`` is set (or, with ``until_end``, until caught up)."""
+        stop = stop or asyncio.Event()
+        self.target = await retry_until(f"{self.name} end offsets", self.bus.bootstrap,
+                                        lambda: self.bus.end_offsets(self.topic), 60)
+        consumer = self.bus.consumer(fetch_max_wait_ms=100, max_poll_records=5000)
+        await consumer.start()
+        try:
+            tps = list(self.target)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            self._check_caught_up()
+            while not stop.is_set() and not (until_end and self.caught_up.is_set()):
+                batches = await consumer.getmany(timeout_ms=200)
+                for tp, records in batches.items():
+                    for record in records:
+                        if until_end and record.offset >= self.target.get(tp, 0):
+                            break  # past the end as it was at start: not ours to read
+                        result = self.apply(record)
+                        if result is not None:
+                            await result
+                        self.records += 1
+                    self.positions[tp] = records[-1].offset + 1
+                for tp in tps:  # an empty or compacted tail still counts as reached
+                    if tp not in batches and consumer.highwater(tp) is not None:
+                        self.positions[tp] = max(self.positions.get(tp, 0), await consumer.position(tp))
+                if on_batch:
+                    on_batch()
+                self._check_caught_up()
+        finally:
+            await consumer.stop()
+
+
+async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None = None,
+                     on_batch: Callable[[TopicFollower], None] | None = None) -> TopicFollower:
+    """Read ``topic`` from the beginning to its exact end as of now, then return."""
+    follower = TopicFollower(bus, topic, apply, name=f"read {topic}")
+    started = time.monotonic()
+    task = asyncio.create_task(follower.run(
+        until_end=True, on_batch=(lambda: on_batch(follower)) if on_batch else None))
+    await asyncio.wait_for(task, timeout)
+    follower.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
+    return follower

@@ -1,0 +1,188 @@
+"""The consume -> handle -> flush -> commit loop shared by every consuming role.
+
+A role describes *what* to do with a :class:`Subscription` (topics, group, decoder,
+handler); :func:`consume` is the one runner. Per batch: decode and handle each record
+(a record that fails decoding, or whose handler raises a non-retriable error, goes to the
+DLQ with its reason and origin, and the loop continues), then ``on_batch_end`` (a role
+publishes what it accumulated), then the producer is flushed, then offsets are committed.
+A crash between any two steps re-delivers the batch: handlers are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from .. import logs
+from ..core.contracts import ContractError
+from .client import Bus, retry_until
+from .producer import DeliveryError
+
+Handler = Callable[[Any, Any], Awaitable[None]]
+Partitions = Iterable[TopicPartition]
+RETRIABLE = (DeliveryError, OSError, asyncio.TimeoutError)
+
+
+@dataclass
+class Subscription:
+    """What a role consumes and how it handles each record."""
+
+    role: str
+    topics: tuple[str, ...]
+    group_id: str
+    decode: Callable[[bytes | None], Any]
+    handle: Handler
+    on_batch_end: Callable[[], Awaitable[None]] | None = None
+    on_assigned: Callable[[AIOKafkaConsumer, dict[TopicPartition, int]], Awaitable[None]] | None = None
+    on_revoked: Callable[[set[TopicPartition]], Awaitable[None]] | None = None
+    consumer_options: dict[str, Any] = field(default_factory=dict)
+    dead_letter: bool = True  # False only for the DLQ's own reader: never re-publish garbage
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Retriable errors crash the role (the supervisor restarts it, the batch is redelivered)."""
+    if isinstance(exc, KafkaError):
+        return bool(exc.retriable) or type(exc).__name__ in ("KafkaConnectionError", "KafkaTimeoutError")
+    return isinstance(exc, RETRIABLE)
+
+
+class _Runner(ConsumerRebalanceListener):
+    def __init__(self, bus: Bus, sub: Subscription, worker: int) -> None:
+        self.bus = bus
+        self.sub = sub
+        self.worker = worker
+        self.log = logs.get("loop", role=sub.role, worker=worker)
+        self.consumer = bus.consumer(group_id=sub.group_id, **sub.consumer_options)
+        self.committed: dict[TopicPartition, int] = {}
+        self.handled: dict[TopicPartition, int] = {}
+        self.lock = asyncio.Lock()
+        self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
+
+    # --- rebalance: finish and commit the current batch before giving partitions away ---
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.lock:
+            if revoked:
+                await self._checkpoint()
+                for tp in revoked:
+                    self.committed.pop(tp, None)
+                if self.sub.on_revoked:
+                    await self.sub.on_revoked(set(revoked))
+                self.log.info("partitions revoked", partitions=_names(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
+        committed = {}
+        for tp in assigned:
+            committed[tp] = await self.consumer.committed(tp) or 0
+        self.committed.update(committed)
+        if self.sub.on_assigned:
+            await self.sub.on_assigned(self.consumer, committed)
+        self.log.info("partitions assigned", partitions=_names(assigned))
+
+    # --- the loop ---
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer.subscribe(list(self.sub.topics), listener=self)
+        await retry_until(f"{self.sub.role} consumer start", self.bus.bootstrap, self.consumer.start, 60)
+        try:
+            while not stop.is_set():
+                batches = await self.consumer.getmany(timeout_ms=200)
+                if not batches:
+                    await self._update_idle_lag()
+                    continue
+                async with self.lock:
+                    started = time.perf_counter()
+                    for tp, records in batches.items():
+                        await self._handle_records(tp, records)
+                    await self._checkpoint()
+                    self.bus.metrics.handle_seconds.labels(role=self.sub.role).observe(
+                        time.perf_counter() - started)
+        finally:
+            try:
+                async with self.lock:
+                    await self._checkpoint()
+            finally:
+                await self.consumer.stop()
+                self.log.info("consumer stopped")
+
+    async def _handle_records(self, tp: TopicPartition, records: list[Any]) -> None:
+        sub = self.sub
+        now = time.time()
+        latency = self.bus.metrics.latency
+        for record in records:
+            try:
+                message = sub.decode(record.value)
+            except ContractError as exc:
+                await self._reject(record, exc.reason, str(exc))
+            else:
+                try:
+                    await sub.handle(message, record)
+                except Exception as exc:
+                    if is_retriable(exc):
+                        raise
+                    self.bus.metrics.errors.labels(role=sub.role).inc()
+                    await self._reject(record, "handler_error", f"{type(exc).__name__}: {exc}")
+            if record.timestamp and record.timestamp > 0:
+                latency.observe(max(0.0, now - record.timestamp / 1000))
+        self.handled[tp] = records[-1].offset + 1
+        self.consumed[tp.topic].inc(len(records))
+        high = self.consumer.highwater(tp)
+        if high is not None:
+            self.bus.metrics.lag.labels(role=sub.role, topic=tp.topic, partition=str(tp.partition)).set(
+                max(0, high - self.handled[tp]))
+
+    async def _reject(self, record: Any, reason: str, error: str) -> None:
+        if self.sub.dead_letter:
+            await self.bus.producer.send_to_dlq(record, reason, error, self.sub.role)
+        else:
+            self.bus.metrics.dlq_garbage.inc()
+            self.log.warning("unreadable record skipped", reason=reason, error=error[:300],
+                             topic=record.topic, partition=record.partition, offset=record.offset)
+
+    async def _checkpoint(self) -> None:
+        """Outputs first, then offsets (never commit what is not yet safely published)."""
+        if self.sub.on_batch_end:
+            await self.sub.on_batch_end()
+        await self.bus.producer.flush()
+        offsets = {
+            tp: OffsetAndMetadata(offset, "")
+            for tp, offset in self.handled.items()
+            if offset > self.committed.get(tp, -1) and tp in self.committed
+        }
+        self.handled.clear()
+        if offsets:
+            await self.consumer.commit(offsets)
+            for tp, meta in offsets.items():
+                self.committed[tp] = meta.offset
+
+    async def _update_idle_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await self.consumer.position(tp)
+            self.bus.metrics.lag.labels(role=self.sub.role, topic=tp.topic,
+                                        partition=str(tp.partition)).set(max(0, high - position))
+
+
+def _names(tps: Iterable[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+
+
+async def consume(bus: Bus, sub: Subscription, stop: asyncio.Event, worker: int = 0) -> None:
+    """Run one member of ``sub.group_id`` until ``stop`` is set; commits on the way out."""
+    await _Runner(bus, sub, worker).run(stop)
+
+
+async def consume_workers(bus: Bus, sub: Subscription, stop: asyncio.Event, workers: int) -> None:
+    """``workers`` competing members of the same group, in one task group."""
+    async with asyncio.TaskGroup() as group:
+        for worker in range(workers):
+            group.create_task(consume(bus, sub, stop, worker), name=f"{sub.role}-{worker}")

@@ -1,0 +1,161 @@
+"""The one producer of a process: batching, circuit breaker, retries, DLQ.
+
+``send`` only enqueues (aiokafka batches with ``linger_ms``); ``flush`` waits until every
+record sent so far is acknowledged, re-sending the ones that failed with exponential
+backoff behind a circuit breaker. Callers flush before committing offsets (outputs first,
+then offsets: at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import backoff
+from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerListener
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from .. import logs
+from ..core.contracts import dlq_headers
+from ..runtime.metrics import Metrics
+
+log = logs.get("producer")
+
+Headers = list[tuple[str, bytes]]
+
+
+class DeliveryError(RuntimeError):
+    """Records could not be delivered within the retry budget."""
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: Headers
+    future: asyncio.Future[Any] | None = field(default=None)
+
+
+def _permanent(exc: Exception) -> bool:
+    """Give up at once on errors a retry cannot fix (e.g. record too large)."""
+    return isinstance(exc, KafkaError) and not exc.retriable and not isinstance(
+        exc, CircuitBreakerError
+    ) and type(exc).__name__ not in ("KafkaTimeoutError", "KafkaConnectionError", "NodeNotReadyError",
+                                     "RequestTimedOutError", "NotLeaderForPartitionError")
+
+
+class _BreakerLog(CircuitBreakerListener):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def state_change(self, breaker: Any, old: Any, new: Any) -> None:
+        name = {"OPEN": "open", "HALF_OPEN": "half-open", "CLOSED": "closed"}[new.state.name]
+        self.metrics.set_breaker(name)
+        event = log.warning if name == "open" else log.info
+        event("circuit breaker " + name, breaker="producer")
+
+
+class Producer:
+    """A shared, batching producer with a circuit breaker around deliveries."""
+
+    def __init__(self, kafka: AIOKafkaProducer, metrics: Metrics, *, fail_max: int = 5,
+                 reset_s: float = 10.0, retry_max_s: float = 60.0, dlq_topic: str = "orders.dlq") -> None:
+        self.kafka = kafka
+        self.metrics = metrics
+        self.dlq_topic = dlq_topic
+        self.retry_max_s = retry_max_s
+        self.breaker = CircuitBreaker(
+            fail_max=fail_max, timeout_duration=timedelta(seconds=reset_s),
+            listeners=[_BreakerLog(metrics)], name="producer",
+        )
+        self._pending: list[_Outgoing] = []
+        self._flush_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.kafka.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            await self.kafka.stop()
+
+    async def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+                   headers: Headers | None = None) -> None:
+        """Enqueue one record; it is delivered by the next :meth:`flush` at the latest."""
+        record = _Outgoing(topic, value, key, headers or [])
+        self._pending.append(record)
+        if self.metrics.breaker_state != "open":
+            try:
+                record.future = await self.kafka.send(topic, value, key=key, headers=record.headers)
+            except KafkaError:
+                record.future = None  # re-sent by flush, behind the breaker
+
+    async def send_and_wait(self, topic: str, value: bytes | None, key: bytes | None = None,
+                            headers: Headers | None = None) -> None:
+        await self.send(topic, value, key, headers)
+        await self.flush()
+
+    async def send_to_dlq(self, record: Any, reason: str, error: str, role: str,
+                          retry_count: int = 0) -> None:
+        """Dead-letter a consumed record: original key and bytes, reason and origin headers."""
+        headers = dlq_headers(
+            reason=reason, error=error, topic=record.topic, partition=record.partition,
+            offset=record.offset, role=role, retry_count=retry_count,
+            original=list(record.headers or ()),
+        )
+        self.metrics.dlq.labels(role=role, reason=reason).inc()
+        log.warning("sent to dlq", reason=reason, error=error[:300], role=role,
+                    topic=record.topic, partition=record.partition, offset=record.offset)
+        await self.send(self.dlq_topic, record.value, record.key, headers)
+
+    async def flush(self) -> None:
+        """Wait until every enqueued record is acknowledged (retrying behind the breaker)."""
+        async with self._flush_lock:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._deliver_with_retries(batch)
+
+    async def _deliver_with_retries(self, batch: list[_Outgoing]) -> None:
+        @backoff.on_exception(
+            backoff.expo, Exception, max_time=self.retry_max_s, max_value=5,
+            giveup=_permanent, on_backoff=self._on_backoff, raise_on_giveup=True,
+        )
+        async def attempt() -> None:
+            await self.breaker.call_async(self._deliver, batch)
+
+        try:
+            await attempt()
+        except Exception as exc:
+            raise DeliveryError(f"{len(batch)} record(s) not delivered: {exc!r}") from exc
+
+    @staticmethod
+    def _on_backoff(details: dict[str, Any]) -> None:
+        exc = details.get("exception")
+        log.warning("delivery failed, retrying", tries=details["tries"],
+                    wait_s=round(details["wait"], 3), error=repr(exc)[:200])
+
+    async def _deliver(self, batch: list[_Outgoing]) -> None:
+        for rec in batch:
+            if rec.future is None or (rec.future.done() and rec.future.exception() is not None):
+                rec.future = await self.kafka.send(rec.topic, rec.value, key=rec.key, headers=rec.headers)
+        futures = [rec.future for rec in batch]
+        results = await asyncio.gather(*futures, return_exceptions=True)  # type: ignore[arg-type]
+        delivered: dict[str, int] = {}
+        failed: list[_Outgoing] = []
+        error: BaseException | None = None
+        for rec, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(rec)
+                error = result
+            else:
+                delivered[rec.topic] = delivered.get(rec.topic, 0) + 1
+        for topic, count in delivered.items():
+            self.metrics.produced.labels(topic=topic).inc(count)
+        if error is not None:
+            batch[:] = failed  # only these are re-sent on the next attempt
+            raise error

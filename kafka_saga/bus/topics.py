@@ -1,0 +1,75 @@
+"""Topic names and idempotent topic creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The platform's topics, with an optional prefix (used to isolate tests)."""
+
+    prefix: str = ""
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}orders.commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}orders.events"
+
+    @property
+    def aggregates(self) -> str:
+        return f"{self.prefix}orders.aggregates"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}orders.dlq"
+
+    @property
+    def events_by_user(self) -> str:
+        """Repartition of ``orders.events`` keyed by user: one aggregator owner per user."""
+        return f"{self.prefix}orders.events.by-user"
+
+    def all(self) -> dict[str, dict[str, str]]:
+        """Every topic with its configuration."""
+        return {
+            self.commands: {},
+            self.events: {},
+            self.aggregates: {"cleanup.policy": "compact"},
+            self.dlq: {},
+            self.events_by_user: {},
+        }
+
+    def group(self, role: str) -> str:
+        """Consumer group id of a role."""
+        return f"{self.prefix}kafka-saga.{role}"
+
+
+async def ensure_topics(
+    admin: AIOKafkaAdminClient, topics: Topics, partitions: int, replication: int
+) -> dict[str, str]:
+    """Create missing topics; return ``{topic: "created" | "exists"}``. Idempotent."""
+    existing = set(await admin.list_topics())
+    wanted = topics.all()
+    new = [
+        NewTopic(name, partitions, replication, topic_configs=config)
+        for name, config in wanted.items()
+        if name not in existing
+    ]
+    result = {name: "exists" for name in wanted if name in existing}
+    if new:
+        response = await admin.create_topics(new)
+        for name, code, message in response.topic_errors:
+            if code == 0:
+                result[name] = "created"
+            elif code == TOPIC_ALREADY_EXISTS:
+                result[name] = "exists"
+            else:
+                raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
+    return result

@@ -1,0 +1,251 @@
+"""Command line: ``kafka-saga run | broker | topics | dlq | replay`` (also ``python -m kafka_saga``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from . import logs
+from .bus.client import BrokerUnavailable, Bus
+from .bus.follow import read_topic
+from .config import ConfigError, Settings, parse_roles
+from .core.dead_letters import read_dead_letter, reinjection_headers
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if getattr(args, "bootstrap_servers", None):
+        settings = replace(settings, bootstrap_servers=args.bootstrap_servers)
+    if getattr(args, "partitions", None):
+        settings = replace(settings, partitions=args.partitions)
+    return settings
+
+
+def _bus(settings: Settings) -> Bus:
+    return Bus(settings, settings.bootstrap_servers or DEFAULT_BOOTSTRAP)
+
+
+# --- run / broker ----------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .roles import ROLES
+    from .runtime.platform import run_with_signals
+
+    settings = _settings(args)
+    if args.config:
+        settings, names = settings.with_roles_file(args.config)
+        if args.roles:
+            names = [n for n in parse_roles(args.roles) if n in names]
+    else:
+        names = parse_roles(args.roles or "all")
+    if args.port is not None:
+        settings = replace(settings, query_port=args.port)
+    if args.host:
+        settings = replace(settings, query_host=args.host)
+    missing = [n for n in names if n not in ROLES]
+    names = [n for n in names if n in ROLES]
+    log = logs.get("cli")
+    if missing:
+        log.warning("roles not available in this build, skipped", roles=missing)
+    if not names:
+        raise ConfigError("no role to run")
+    return asyncio.run(run_with_signals(settings, names))
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from .bus.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port)
+    broker.spawn()
+    log = logs.get("cli")
+    stopping = False
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        broker.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        from .bus.embedded import wait_until_ready
+
+        asyncio.run(wait_until_ready(broker.bootstrap))
+        log.info("embedded broker ready (memory-only)", bootstrap=broker.bootstrap)
+        code = broker.process.wait() if broker.process else 1
+    finally:
+        broker.stop()
+    return 0 if stopping else code
+
+
+# --- topics ----------------------------------------------------------------------------
+
+async def _topics(args: argparse.Namespace) -> int:
+    bus = _bus(_settings(args))
+    if args.action == "create":
+        result = await bus.ensure_topics(timeout=args.timeout)
+        for topic, state in sorted(result.items()):
+            print(f"{topic}\t{state}")
+    else:
+        for topic in await bus.list_topics():
+            print(topic)
+    return 0
+
+
+# --- dlq -------------------------------------------------------------------------------
+
+async def _dead_letters(bus: Bus, timeout: float) -> list[Any]:
+    records: list[Any] = []
+    await read_topic(bus, bus.topics.dlq, records.append, timeout)
+    return records
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    bus = _bus(_settings(args))
+    records = await _dead_letters(bus, args.timeout)
+    letters = [(r, read_dead_letter(r)) for r in records]
+    if args.reason:
+        letters = [(r, d) for r, d in letters if d.reason == args.reason]
+    console = Console()
+    if args.action == "list":
+        table = Table(title=f"{bus.topics.dlq}: {len(letters)} record(s)")
+        for column in ("P:O", "reason", "origin", "role", "key", "published", "reinjected", "error"):
+            table.add_column(column, overflow="fold")
+        for _, d in letters[-args.limit:]:
+            origin = f"{d.origin_topic}:{d.origin_partition}:{d.origin_offset}" if d.is_dead_letter else "-"
+            table.add_row(f"{d.partition}:{d.offset}", d.reason or "(garbage)", origin, d.role,
+                          d.key or "", d.published, str(d.reinjected), d.error[:120])
+        console.print(table)
+        return 0
+    # replay: re-inject into the origin topic
+    if args.offset:
+        try:
+            part, off = (int(x) for x in args.offset.split(":", 1))
+        except ValueError:
+            raise ConfigError(f"--offset {args.offset!r}: expected PARTITION:OFFSET") from None
+        letters = [(r, d) for r, d in letters if (d.partition, d.offset) == (part, off)]
+        if not letters:
+            print(f"no dlq record at {args.offset}", file=sys.stderr)
+            return 1
+    chosen = [(r, d) for r, d in letters if d.is_dead_letter]
+    async with bus:
+        for record, letter in chosen:
+            await bus.producer.send(letter.origin_topic, record.value, record.key,
+                                    reinjection_headers(record))
+        await bus.producer.flush()
+    for _, d in chosen:
+        print(f"re-injected {d.partition}:{d.offset} -> {d.origin_topic} (reason {d.reason})")
+    print(f"{len(chosen)} record(s) re-injected")
+    return 0
+
+
+# --- replay ----------------------------------------------------------------------------
+
+async def _replay(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from .replay import compare, fetch_live, replay_events, write_atomically
+
+    bus = _bus(_settings(args))
+    if sys.stderr.isatty():
+        with Progress(transient=True) as progress:
+            task = progress.add_task("replaying orders.events", total=None)
+            result = await replay_events(
+                bus, lambda done, total: progress.update(task, completed=done, total=total),
+                args.timeout)
+    else:
+        result = await replay_events(bus, timeout=args.timeout)
+    document = result.document()
+    write_atomically(args.output, document)
+    print(f"replayed {result.events} events ({result.skipped} skipped) into "
+          f"{len(document['aggregates'])} aggregates -> {args.output}")
+    if args.compare:
+        live = await fetch_live(args.compare)
+        diffs = compare(document["aggregates"], live)
+        for line in diffs:
+            print(line)
+        print(f"{len(diffs)} difference(s) with {args.compare}")
+        return 1 if diffs else 0
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kafka-saga", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_broker(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers "
+                       "(default: $KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092)")
+        return p
+
+    run = with_broker(sub.add_parser("run", help="run roles (embedded broker when none is given)"))
+    run.add_argument("--roles", help="'all' or a comma-separated list (default: all)")
+    run.add_argument("--config", help="YAML role list")
+    run.add_argument("--host", help="query API bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="query API port (default $QUERY_API_PORT or 8080)")
+    run.set_defaults(func=cmd_run)
+
+    broker = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
+    broker.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_SAGA_EMBEDDED_PORT", 9092)))
+    broker.set_defaults(func=cmd_broker)
+
+    topics = with_broker(sub.add_parser("topics", help="create or list topics"))
+    topics.add_argument("action", choices=("create", "list"))
+    topics.add_argument("--partitions", type=int, help="partitions per topic (default 6)")
+    topics.add_argument("--timeout", type=float, default=30.0)
+    topics.set_defaults(func=lambda a: asyncio.run(_topics(a)))
+
+    dlq = with_broker(sub.add_parser("dlq", help="inspect or re-inject dead letters"))
+    dlq.add_argument("action", choices=("list", "replay"))
+    dlq.add_argument("--limit", type=int, default=50)
+    dlq.add_argument("--reason", help="only records with this reason")
+    group = dlq.add_mutually_exclusive_group()
+    group.add_argument("--offset", help="replay: PARTITION:OFFSET of one DLQ record")
+    group.add_argument("--all", action="store_true", help="replay: every (matching) record")
+    dlq.add_argument("--timeout", type=float, default=60.0)
+    dlq.set_defaults(func=lambda a: asyncio.run(_dlq(a)))
+
+    replay = with_broker(sub.add_parser("replay", help="rebuild the projections from orders.events"))
+    replay.add_argument("--output", default="replay-projections.json")
+    replay.add_argument("--compare", metavar="URL", help="diff with a live query API")
+    replay.add_argument("--timeout", type=float, default=300.0)
+    replay.set_defaults(func=lambda a: asyncio.run(_replay(a)))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings_env = Settings.from_env() if args.command else None
+    logs.configure(settings_env.log_level if settings_env else "info",
+                   settings_env.log_format if settings_env else "auto")
+    if args.command == "dlq" and args.action == "replay" and not (args.offset or args.all):
+        print("kafka-saga dlq replay: give --offset P:O or --all", file=sys.stderr)
+        return 2
+    runner: Callable[[argparse.Namespace], int | Awaitable[int]] = args.func
+    try:
+        return int(runner(args) or 0)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        print(f"kafka-saga: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (BrokerUnavailable, TimeoutError, LookupError) as exc:
+        print(f"kafka-saga: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

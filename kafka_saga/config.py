@@ -1,0 +1,210 @@
+"""Settings from the environment (the seed's variable names) and the YAML role list."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Long-running roles in their fixed start order (stopped in reverse).
+ROLE_ORDER = ("aggregator", "tracker", "orchestrator", "dlq", "query", "demo")
+METRICS_PORT_VARS = {
+    "aggregator": "AGGREGATOR_METRICS_PORT",
+    "tracker": "TRACKER_METRICS_PORT",
+    "dlq": "DLQ_METRICS_PORT",
+    "orchestrator": "ORCHESTRATOR_METRICS_PORT",
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class RoleOptions:
+    """Per-role options: competing workers, metrics port, free-form extras."""
+
+    workers: int = 1
+    metrics_port: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Security settings passed through to aiokafka (empty = PLAINTEXT)."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to know; built by :meth:`from_env`."""
+
+    bootstrap_servers: str | None = None
+    embedded_port: int = 9092
+    topic_prefix: str = ""
+    partitions: int = 6
+    replication_factor: int = 1
+    idempotent_producer: bool = False
+    linger_ms: int = 5
+    query_host: str = "127.0.0.1"
+    query_port: int = 8080
+    breaker_fail_max: int = 5
+    breaker_reset_s: float = 10.0
+    send_retry_max_s: float = 60.0
+    restart_max: int = 5
+    restart_window_s: float = 60.0
+    shutdown_timeout_s: float = 10.0
+    batch_max_records: int = 500
+    dlq_recent: int = 200
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    roles: dict[str, RoleOptions] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        roles = {
+            role: RoleOptions(
+                workers=max(1, _int(env, f"{role.upper()}_WORKERS", 1) or 1),
+                metrics_port=_int(env, METRICS_PORT_VARS[role], None)
+                if role in METRICS_PORT_VARS
+                else None,
+            )
+            for role in ROLE_ORDER
+        }
+        security = KafkaSecurity(
+            protocol=env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "PLAINTEXT",
+            sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
+            sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
+            ssl_certfile=env.get("KAFKA_SSL_CERTFILE") or None,
+            ssl_keyfile=env.get("KAFKA_SSL_KEYFILE") or None,
+        )
+        settings = cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            embedded_port=_int(env, "KAFKA_SAGA_EMBEDDED_PORT", 9092) or 9092,
+            topic_prefix=env.get("KAFKA_SAGA_TOPIC_PREFIX", ""),
+            partitions=_int(env, "KAFKA_SAGA_PARTITIONS", 6) or 6,
+            replication_factor=_int(env, "KAFKA_SAGA_REPLICATION_FACTOR", 1) or 1,
+            idempotent_producer=_bool(env, "KAFKA_ENABLE_IDEMPOTENCE", False),
+            linger_ms=_int(env, "KAFKA_SAGA_LINGER_MS", 5) or 0,
+            query_host=env.get("QUERY_API_HOST", "127.0.0.1") or "127.0.0.1",
+            query_port=_int(env, "QUERY_API_PORT", 8080) or 0,
+            breaker_fail_max=_int(env, "KAFKA_SAGA_BREAKER_FAIL_MAX", 5) or 5,
+            breaker_reset_s=_float(env, "KAFKA_SAGA_BREAKER_RESET_S", 10.0),
+            send_retry_max_s=_float(env, "KAFKA_SAGA_SEND_RETRY_MAX_S", 60.0),
+            restart_max=_int(env, "KAFKA_SAGA_RESTART_MAX", 5) or 5,
+            restart_window_s=_float(env, "KAFKA_SAGA_RESTART_WINDOW_S", 60.0),
+            shutdown_timeout_s=_float(env, "KAFKA_SAGA_SHUTDOWN_TIMEOUT_S", 10.0),
+            dlq_recent=_int(env, "KAFKA_SAGA_DLQ_RECENT", 200) or 200,
+            log_level=env.get("LOG_LEVEL", "info").lower(),
+            log_format=env.get("LOG_FORMAT", "auto").lower(),
+            security=security,
+            roles=roles,
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.partitions < 1:
+            raise ConfigError("KAFKA_SAGA_PARTITIONS must be at least 1")
+        if self.security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.security.protocol!r} is not supported")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError(f"LOG_FORMAT={self.log_format!r}: use auto, json or console")
+
+    def role(self, name: str) -> RoleOptions:
+        return self.roles.get(name, RoleOptions())
+
+    def with_roles_file(self, path: str | Path) -> tuple[Settings, list[str]]:
+        """Apply a YAML role list; return the new settings and the roles it names, in order.
+
+        Format::
+
+            roles:
+              aggregator: {workers: 2, metrics_port: 9101}
+              query: {port: 8080}
+              tracker: {}
+        """
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read role list {path}: {exc}") from None
+        entries = doc.get("roles") if isinstance(doc, dict) else None
+        if isinstance(entries, list):
+            entries = {name: {} for name in entries}
+        if not isinstance(entries, dict) or not entries:
+            raise ConfigError(f"{path}: expected a non-empty 'roles' mapping or list")
+        roles = dict(self.roles)
+        names: list[str] = []
+        updates: dict[str, Any] = {}
+        for name, options in entries.items():
+            options = options or {}
+            if name not in ROLE_ORDER:
+                raise ConfigError(f"{path}: unknown role {name!r}; known: {', '.join(ROLE_ORDER)}")
+            if not isinstance(options, dict):
+                raise ConfigError(f"{path}: options of role {name!r} must be a mapping")
+            base = roles.get(name, RoleOptions())
+            extra = {k: v for k, v in options.items() if k not in ("workers", "metrics_port", "port")}
+            roles[name] = RoleOptions(
+                workers=int(options.get("workers", base.workers)),
+                metrics_port=options.get("metrics_port", base.metrics_port),
+                extra={**base.extra, **extra},
+            )
+            if name == "query" and "port" in options:
+                updates["query_port"] = int(options["port"])
+            names.append(name)
+        return replace(self, roles=roles, **updates), names
+
+
+def parse_roles(spec: str) -> list[str]:
+    """``all`` or a comma-separated list -> role names in the fixed start order."""
+    wanted = {r.strip() for r in spec.split(",") if r.strip()}
+    if not wanted:
+        raise ConfigError("--roles is empty")
+    if "all" in wanted:
+        return list(ROLE_ORDER)
+    unknown = wanted - set(ROLE_ORDER)
+    if unknown:
+        raise ConfigError(f"unknown role(s) {', '.join(sorted(unknown))}; known: all, {', '.join(ROLE_ORDER)}")
+    return [r for r in ROLE_ORDER if r in wanted]

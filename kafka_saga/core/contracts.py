@@ -1,0 +1,320 @@
+"""Wire contracts: snapshots, commands, events, user aggregates, DLQ headers.
+
+All JSON (orjson). Commands and events are keyed by ``order_id``, aggregates by ``user``.
+Decoding is strict: bad UTF-8, invalid JSON, the wrong shape, a missing field, a wrong
+type, an unknown ``type``/``step`` or an oversize value raise :class:`ContractError`, which
+the consume loop routes to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, ClassVar, Self
+
+import orjson
+
+from .fields import ContractError, Field, decode_fields, json_schema, now_rfc3339
+
+MAX_MESSAGE_BYTES = 256 * 1024
+SCHEMA_VERSION = 1
+MAX_MONEY = 10**12
+MAX_QUANTITY = 1_000_000
+
+
+class CommandType(StrEnum):
+    ORDER_CREATE = "OrderCreate"
+    ORDER_APPROVE = "OrderApprove"
+    ORDER_REJECT = "OrderReject"
+
+
+class EventType(StrEnum):
+    ORDER_CREATED = "OrderCreated"
+    ORDER_APPROVED = "OrderApproved"
+    ORDER_REJECTED = "OrderRejected"
+    ORDER_FAILED = "OrderFailed"
+    ORDER_COMPENSATED = "OrderCompensated"
+
+
+class Step(StrEnum):
+    VALIDATION = "Validation"
+    PAYMENT = "Payment"
+    INVENTORY = "Inventory"
+    FINALIZE = "Finalize"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _empty_map() -> dict[str, str]:
+    return {}
+
+
+class Contract:
+    """Base of every wire contract: strict ``decode``, ``encode`` and ``from_dict``."""
+
+    __slots__ = ()
+    FIELDS: ClassVar[tuple[Field, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Self:
+        values = decode_fields(cls.FIELDS, data, path or cls.__name__)
+        return cls(**values)
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Self:
+        if raw is None:
+            raise ContractError("null_value", f"{cls.__name__}: record has no value")
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise ContractError(
+                "oversize", f"{cls.__name__}: {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}"
+            )
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            reason = "bad_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
+            raise ContractError(reason, f"{cls.__name__}: {exc}") from None
+        if type(data) is not dict:
+            raise ContractError(
+                "wrong_shape", f"{cls.__name__}: expected a JSON object, got {type(data).__name__}"
+            )
+        return cls.from_dict(data)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return orjson.loads(orjson.dumps(self))  # type: ignore[no-any-return]
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        return json_schema(cls)
+
+
+@dataclass(slots=True)
+class Snapshot(Contract):
+    """The order as the saga carries it (event-carried state transfer)."""
+
+    order_id: str
+    user: str
+    item: str
+    quantity: int
+    sequence: int = 0
+    price_cents: int = 0
+    inventory_available: bool = True
+    attributes: dict[str, str] = field(default_factory=_empty_map)
+
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("order_id", "str", min=1, max_len=128, description="Order identifier (Kafka key)"),
+        Field("user", "str", max_len=128, description="Customer identifier"),
+        Field("item", "str", max_len=128),
+        Field("quantity", "int", min=0, max=MAX_QUANTITY),
+        Field("sequence", "int", default=0, min=0, max=2**62),
+        Field("price_cents", "int", default=0, min=0, max=MAX_MONEY),
+        Field("inventory_available", "bool", default=True),
+        Field("attributes", "map", default=_empty_map),
+    )
+
+
+@dataclass(slots=True)
+class Command(Contract):
+    """An intent on ``orders.commands``."""
+
+    command_id: str
+    saga_id: str
+    type: CommandType
+    snapshot: Snapshot
+    step: Step = Step.VALIDATION
+    issued_at: str = ""
+    metadata: dict[str, str] = field(default_factory=_empty_map)
+    schema_version: int = SCHEMA_VERSION
+
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("command_id", "str", min=1, max_len=128),
+        Field("saga_id", "str", min=1, max_len=128),
+        Field("type", "enum", choices=tuple(CommandType)),
+        Field("snapshot", "object", model=Snapshot),
+        Field("step", "enum", default=Step.VALIDATION, choices=tuple(Step)),
+        Field("issued_at", "time"),
+        Field("metadata", "map", default=_empty_map),
+        Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
+    )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Command:
+        values = decode_fields(cls.FIELDS, data, path or cls.__name__)
+        values["type"] = CommandType(values["type"])
+        values["step"] = Step(values["step"])
+        return cls(**values)
+
+    @property
+    def key(self) -> bytes:
+        return self.snapshot.order_id.encode()
+
+
+@dataclass(slots=True)
+class Event(Contract):
+    """A fact on ``orders.events``."""
+
+    event_id: str
+    saga_id: str
+    type: EventType
+    snapshot: Snapshot
+    step: Step
+    occurred_at: str
+    command_id: str = ""
+    retry_count: int = 0
+    error_message: str = ""
+    correlation_key: str = ""
+    metadata: dict[str, str] = field(default_factory=_empty_map)
+    schema_version: int = SCHEMA_VERSION
+
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("event_id", "str", min=1, max_len=128),
+        Field("saga_id", "str", min=1, max_len=128),
+        Field("type", "enum", choices=tuple(EventType)),
+        Field("snapshot", "object", model=Snapshot),
+        Field("step", "enum", choices=tuple(Step)),
+        Field("occurred_at", "time"),
+        Field("command_id", "str", default="", max_len=128),
+        Field("retry_count", "int", default=0, min=0, max=10_000),
+        Field("error_message", "str", default="", max_len=4096),
+        Field("correlation_key", "str", default="", max_len=256),
+        Field("metadata", "map", default=_empty_map),
+        Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
+    )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Event:
+        values = decode_fields(cls.FIELDS, data, path or cls.__name__)
+        values["type"] = EventType(values["type"])
+        values["step"] = Step(values["step"])
+        return cls(**values)
+
+    @property
+    def key(self) -> bytes:
+        return self.snapshot.order_id.encode()
+
+    @classmethod
+    def new(cls, type_: EventType, snapshot: Snapshot, step: Step, saga_id: str, **extra: Any) -> Event:
+        return cls(
+            event_id=extra.pop("event_id", None) or new_id(),
+            saga_id=saga_id,
+            type=type_,
+            snapshot=snapshot,
+            step=step,
+            occurred_at=extra.pop("occurred_at", None) or now_rfc3339(),
+            **extra,
+        )
+
+
+@dataclass(slots=True)
+class UserAggregate(Contract):
+    """Per-user read model published on compacted ``orders.aggregates``."""
+
+    user: str
+    orders: int = 0
+    total_items: int = 0
+    approved: int = 0
+    rejected: int = 0
+    failed: int = 0
+    pending: int = 0
+    spent_cents: int = 0
+    status: str = ""
+    last_updated: str = ""
+    metadata: dict[str, str] = field(default_factory=_empty_map)
+    schema_version: int = SCHEMA_VERSION
+
+    _count = {"default": 0, "min": 0, "max": 2**62}
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("user", "str", max_len=128),
+        Field("orders", "int", **_count),
+        Field("total_items", "int", **_count),
+        Field("approved", "int", **_count),
+        Field("rejected", "int", **_count),
+        Field("failed", "int", **_count),
+        Field("pending", "int", **_count),
+        Field("spent_cents", "int", **_count),
+        Field("status", "enum", default="", choices=("", "pending", "approved", "rejected", "failed")),
+        Field("last_updated", "str", default="", max_len=64),
+        Field("metadata", "map", default=_empty_map),
+        Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
+    )
+
+    def copy(self) -> UserAggregate:
+        return replace(self, metadata=dict(self.metadata))
+
+
+# --- dead-letter records ---------------------------------------------------------------
+
+DLQ_HEADERS = (
+    "reason",
+    "error",
+    "origin-topic",
+    "origin-partition",
+    "origin-offset",
+    "role",
+    "published",
+    "retry-count",
+)
+REINJECTED_HEADER = "dlq-reinjected"
+
+
+def dlq_headers(
+    *,
+    reason: str,
+    error: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    role: str,
+    retry_count: int = 0,
+    original: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...] = (),
+) -> list[tuple[str, bytes]]:
+    """Headers of a DLQ record; the original record's own headers are kept behind them."""
+    ours = {
+        "reason": reason,
+        "error": error[:2000],
+        "origin-topic": topic,
+        "origin-partition": str(partition),
+        "origin-offset": str(offset),
+        "role": role,
+        "published": now_rfc3339(),
+        "retry-count": str(retry_count),
+    }
+    headers = [(k, v.encode()) for k, v in ours.items()]
+    headers.extend((k, v) for k, v in original if k not in ours)
+    return headers
+
+
+def headers_dict(headers: Any) -> dict[str, str]:
+    """Kafka headers as a ``str -> str`` dict (undecodable bytes replaced)."""
+    out: dict[str, str] = {}
+    for key, value in headers or ():
+        out[key] = value.decode("utf-8", "replace") if value is not None else ""
+    return out
+
+
+CONTRACTS: dict[str, type[Contract]] = {
+    "Snapshot": Snapshot,
+    "Command": Command,
+    "Event": Event,
+    "UserAggregate": UserAggregate,
+}
+
+__all__ = [
+    "Command",
+    "CommandType",
+    "Contract",
+    "ContractError",
+    "Event",
+    "EventType",
+    "Snapshot",
+    "Step",
+    "UserAggregate",
+    "dlq_headers",
+    "headers_dict",
+    "new_id",
+]

@@ -1,0 +1,64 @@
+"""structlog set-up: one JSON object per line, or console rendering on a TTY."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+import structlog
+
+_SECRET_KEYS = ("password", "token", "secret", "authorization")
+
+
+def _redact(_logger: object, _name: str, event: dict) -> dict:
+    for key in list(event):
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            event[key] = "***"
+    return event
+
+
+def _dumps(obj: object, default: object = None) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog (and route stdlib logging, e.g. aiokafka's, through it)."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer = (
+        structlog.dev.ConsoleRenderer(colors=True)
+        if console
+        else structlog.processors.JSONRenderer(serializer=_dumps)
+    )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+def get(name: str | None = None, **context: object) -> structlog.typing.FilteringBoundLogger:
+    logger = structlog.get_logger(name) if name else structlog.get_logger()
+    return logger.bind(**context) if context else logger

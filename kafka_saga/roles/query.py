@@ -1,0 +1,35 @@
+"""query: the aiohttp read side (CQRS) over the projections."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..query.app import create_app
+from ..query.readmodel import ReadModel
+from ..runtime.http import HttpServer
+from .base import Role
+
+
+class QueryRole(Role):
+    name = "query"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.model = ReadModel(ctx.bus, ctx.settings.dlq_recent)
+        self.server: HttpServer | None = None
+        ctx.shared["read_model"] = self.model
+
+    async def run(self, stop: asyncio.Event) -> None:
+        health = self.ctx.shared.get("health", lambda: {})
+        app = create_app(self.model, self.ctx.metrics, health)
+        self.server = HttpServer(app, self.ctx.settings.query_host, self.ctx.settings.query_port, "query")
+        await self.server.start()
+        self.ctx.shared["query_url"] = f"http://{self.server.host}:{self.server.port}"
+        try:
+            await self.model.run(stop)
+        finally:
+            await self.server.stop()
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.model.ready, "users": len(self.model.aggregates)}

@@ -1,0 +1,117 @@
+"""Process-wide metrics: Prometheus collectors plus a compact JSON snapshot."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class LatencyWindow:
+    """The most recent N latencies, for exact percentiles in the JSON snapshot."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self._values.append(seconds)
+        self.count += 1
+
+    def summary(self) -> dict[str, float | int]:
+        values = sorted(self._values)
+        if not values:
+            return {"count": self.count, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+
+        def pct(p: float) -> float:
+            return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 3)
+
+        return {"count": self.count, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+
+
+class Metrics:
+    """Counters shared by every role of one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.produced = Counter("kafka_saga_produced", "Records produced", ["topic"], registry=r)
+        self.consumed = Counter("kafka_saga_consumed", "Records consumed", ["role", "topic"], registry=r)
+        self.dlq = Counter("kafka_saga_dlq", "Records sent to the DLQ", ["role", "reason"], registry=r)
+        self.dlq_read = Counter("kafka_saga_dlq_read", "DLQ records read", ["reason"], registry=r)
+        self.dlq_garbage = Counter(
+            "kafka_saga_dlq_garbage", "Records on the DLQ without DLQ headers (never re-published)",
+            registry=r)
+        self.errors = Counter("kafka_saga_handler_errors", "Handler errors", ["role"], registry=r)
+        self.restarts = Counter("kafka_saga_role_restarts", "Role restarts", ["role"], registry=r)
+        self.breaker = Gauge(
+            "kafka_saga_breaker_state", "Producer circuit breaker (0 closed, 1 half-open, 2 open)",
+            registry=r,
+        )
+        self.lag = Gauge("kafka_saga_consumer_lag", "Records waiting", ["role", "topic", "partition"], registry=r)
+        self.handle_seconds = Histogram(
+            "kafka_saga_batch_seconds", "Time to handle and commit one batch", ["role"], registry=r
+        )
+        self.latency = LatencyWindow()
+        self.breaker_state = "closed"
+        self.breaker_opened = 0
+        self.role_state: dict[str, str] = {}
+        self.started = time.time()
+
+    def set_breaker(self, state: str) -> None:
+        self.breaker_state = state
+        if state == "open":
+            self.breaker_opened += 1
+        self.breaker.set(BREAKER_STATES.get(state, 0))
+
+    def prometheus(self) -> bytes:
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def _total(counter: Counter, by: str | None = None) -> Any:
+        total = 0.0
+        split: dict[str, float] = {}
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    total += sample.value
+                    if by:
+                        key = sample.labels.get(by, "")
+                        split[key] = split.get(key, 0) + sample.value
+        if by:
+            return int(total), {k: int(v) for k, v in sorted(split.items())}
+        return int(total)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON view: produced, consumed, dlq, breaker_open, latency and per-role detail."""
+        consumed, consumed_by_role = self._total(self.consumed, "role")
+        dlq, dlq_by_reason = self._total(self.dlq, "reason")
+        produced, produced_by_topic = self._total(self.produced, "topic")
+        lag: dict[str, int] = {}
+        for metric in self.lag.collect():
+            for sample in metric.samples:
+                role = sample.labels["role"]
+                lag[role] = lag.get(role, 0) + int(sample.value)
+        return {
+            "produced": produced,
+            "produced_by_topic": produced_by_topic,
+            "consumed": consumed,
+            "consumed_by_role": consumed_by_role,
+            "dlq": dlq,
+            "dlq_by_reason": dlq_by_reason,
+            "dlq_read": self._total(self.dlq_read),
+            "dlq_garbage": self._total(self.dlq_garbage),
+            "handler_errors": self._total(self.errors),
+            "role_restarts": self._total(self.restarts),
+            "breaker_open": self.breaker_state == "open",
+            "breaker_state": self.breaker_state,
+            "breaker_opened": self.breaker_opened,
+            "latency": self.latency.summary(),
+            "lag": lag,
+            "roles": dict(self.role_state),
+            "uptime_s": round(time.time() - self.started, 3),
+        }

@@ -1,0 +1,91 @@
+"""One process: the broker connection (or the embedded broker), the bus, the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+from .. import logs
+from ..bus.client import Bus
+from ..bus.embedded import EmbeddedBroker, free_port, port_is_free
+from ..config import Settings
+from ..roles.base import RoleContext
+from .supervisor import Supervisor
+
+log = logs.get("runtime")
+
+
+@contextlib.asynccontextmanager
+async def broker_for(settings: Settings) -> AsyncIterator[str]:
+    """Yield a bootstrap address: the configured broker, or an embedded one started here."""
+    if settings.bootstrap_servers:
+        log.info("using external Kafka broker", bootstrap=settings.bootstrap_servers)
+        yield settings.bootstrap_servers
+        return
+    port = settings.embedded_port if port_is_free(settings.embedded_port) else free_port()
+    broker = EmbeddedBroker(port)
+    await broker.start()
+    log.info("using embedded Tansu broker (memory-only: data is lost when it stops)",
+             bootstrap=broker.bootstrap, pid=broker.process.pid if broker.process else None)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+class Platform:
+    """Runs the chosen roles until SIGINT/SIGTERM or a crash loop; see :meth:`run`."""
+
+    def __init__(self, settings: Settings, role_names: list[str]) -> None:
+        self.settings = settings
+        self.role_names = role_names
+        self.supervisor: Supervisor | None = None
+        self.bus: Bus | None = None
+        self.shared: dict[str, object] = {}
+        self._stop_requested = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+        if self.supervisor:
+            self.supervisor.request_stop()
+
+    async def run(self, on_ready: Callable[[Platform], None] | None = None) -> int:
+        async with broker_for(self.settings) as bootstrap:
+            self.settings = replace(self.settings, bootstrap_servers=bootstrap)
+            bus = self.bus = Bus(self.settings, bootstrap)
+            await bus.ensure_topics()
+            await bus.start()
+            try:
+                contexts = {name: RoleContext(bus, self.settings, self.settings.role(name), self.shared)
+                            for name in self.role_names}
+                self.supervisor = Supervisor(
+                    contexts.__getitem__, self.role_names,
+                    restart_max=self.settings.restart_max,
+                    restart_window_s=self.settings.restart_window_s,
+                    shutdown_timeout_s=self.settings.shutdown_timeout_s)
+                self.shared["health"] = self.supervisor.health
+                if self._stop_requested.is_set():
+                    self.supervisor.request_stop()
+                if on_ready:
+                    on_ready(self)
+                code = await self.supervisor.run()
+            finally:
+                await bus.stop()  # flush the shared producer last
+            log.info("runtime stopped", exit_code=code)
+            return code
+
+
+async def run_with_signals(settings: Settings, role_names: list[str]) -> int:
+    """Run the platform; SIGINT/SIGTERM stop it cleanly (exit 0)."""
+    platform = Platform(settings, role_names)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, platform.request_stop)
+    try:
+        return await platform.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
