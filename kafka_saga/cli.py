@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dlq" and args.action == "replay" and not (args.offset or args.all):
         print("kafka-saga dlq replay: give --offset P:O or --all", file=sys.stderr)
         return 2
+    if args.command != "run":  # short commands: our own messages say what failed, once
+        import logging
+
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     runner: Callable[[argparse.Namespace], int | Awaitable[int]] = args.func
     try:
         return int(runner(args) or 0)  # type: ignore[arg-type]

@@ -93,6 +93,8 @@ class Settings:
     restart_window_s: float = 60.0
     shutdown_timeout_s: float = 10.0
     batch_max_records: int = 500
+    request_timeout_ms: int = 15000
+    session_timeout_ms: int = 6000  # Kafka's minimum by default; also how long a join waits
     dlq_recent: int = 200
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
@@ -136,6 +138,9 @@ class Settings:
             restart_max=_int(env, "KAFKA_SAGA_RESTART_MAX", 5) or 5,
             restart_window_s=_float(env, "KAFKA_SAGA_RESTART_WINDOW_S", 60.0),
             shutdown_timeout_s=_float(env, "KAFKA_SAGA_SHUTDOWN_TIMEOUT_S", 10.0),
+            request_timeout_ms=_int(env, "KAFKA_SAGA_REQUEST_TIMEOUT_MS", 15000) or 15000,
+            session_timeout_ms=_int(env, "KAFKA_SAGA_SESSION_TIMEOUT_MS", 6000) or 6000,
+            batch_max_records=_int(env, "KAFKA_SAGA_BATCH_MAX_RECORDS", 500) or 500,
             dlq_recent=_int(env, "KAFKA_SAGA_DLQ_RECENT", 200) or 200,
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=env.get("LOG_FORMAT", "auto").lower(),

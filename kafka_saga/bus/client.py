@@ -52,16 +52,24 @@ class Bus:
         self.bootstrap = bootstrap
         self.metrics = metrics or Metrics()
         self.topics = Topics(settings.topic_prefix)
-        self.producer = Producer(
-            AIOKafkaProducer(
-                **self.options(), linger_ms=settings.linger_ms, acks="all",
-                enable_idempotence=settings.idempotent_producer, max_batch_size=256 * 1024,
-                request_timeout_ms=15000,
-            ),
-            self.metrics, fail_max=settings.breaker_fail_max, reset_s=settings.breaker_reset_s,
-            retry_max_s=settings.send_retry_max_s, dlq_topic=self.topics.dlq,
-        )
+        self._producer: Producer | None = None
         self._started = False
+
+    @property
+    def producer(self) -> Producer:
+        """The process's one producer (created on first use, started by :meth:`start`)."""
+        if self._producer is None:
+            settings = self.settings
+            self._producer = Producer(
+                AIOKafkaProducer(
+                    **self.options(), linger_ms=settings.linger_ms, acks="all",
+                    enable_idempotence=settings.idempotent_producer, max_batch_size=256 * 1024,
+                    request_timeout_ms=settings.request_timeout_ms,
+                ),
+                self.metrics, fail_max=settings.breaker_fail_max, reset_s=settings.breaker_reset_s,
+                retry_max_s=settings.send_retry_max_s, dlq_topic=self.topics.dlq,
+            )
+        return self._producer
 
     def options(self) -> dict[str, Any]:
         """Connection options shared by every client (bootstrap and security)."""
@@ -78,7 +86,15 @@ class Bus:
         return opts
 
     async def start(self, timeout: float = 60.0) -> None:
-        await retry_until("producer start", self.bootstrap, self.producer.start, timeout)
+        async def start_producer() -> None:
+            try:
+                await self.producer.start()
+            except BaseException:
+                await self.producer.kafka.stop()  # release the half-started client
+                self._producer = None
+                raise
+
+        await retry_until("producer start", self.bootstrap, start_producer, timeout)
         self._started = True
 
     async def stop(self) -> None:
@@ -127,18 +143,26 @@ class Bus:
             "auto_offset_reset": "earliest",
             "max_poll_records": self.settings.batch_max_records,
             "fetch_max_wait_ms": 100,
-            "session_timeout_ms": 10000,
-            "heartbeat_interval_ms": 1000,
-            "rebalance_timeout_ms": 10000,
+            "session_timeout_ms": self.settings.session_timeout_ms,
+            "heartbeat_interval_ms": min(1000, self.settings.session_timeout_ms // 3),
             "metadata_max_age_ms": 30000,
         }
         options.update(overrides)
         return AIOKafkaConsumer(*topics, **self.options(), **options)
 
+    async def started_consumer(self, *topics: str, **options: Any) -> AIOKafkaConsumer:
+        """A started consumer; a failed start releases its connections before raising."""
+        consumer = self.consumer(*topics, **options)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
     async def partitions(self, topic: str) -> list[TopicPartition]:
         """The partitions of a topic (raises ``LookupError`` when it does not exist)."""
-        consumer = self.consumer()
-        await consumer.start()
+        consumer = await self.started_consumer()
         try:
             return await _partitions(consumer, topic)
         finally:
@@ -151,8 +175,8 @@ class Bus:
         last batch's base offset), so each partition is also fetched once from that offset:
         the high watermark of a fetch response is the true end. On Apache Kafka both agree.
         """
-        consumer = self.consumer(fetch_max_wait_ms=50, max_partition_fetch_bytes=64 * 1024)
-        await consumer.start()
+        consumer = await self.started_consumer(fetch_max_wait_ms=50,
+                                               max_partition_fetch_bytes=64 * 1024)
         try:
             tps = await _partitions(consumer, topic)
             consumer.assign(tps)

@@ -58,6 +58,15 @@ async def wait_until_ready(bootstrap: str, timeout: float = 20.0, security: dict
     """Wait until a metadata request succeeds (not a sleep)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    while time.monotonic() < deadline:  # first a plain TCP connect: quiet while it boots
+        try:
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+            break
+        except OSError as exc:
+            last = exc
+            await asyncio.sleep(0.05)
     while time.monotonic() < deadline:
         client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, **(security or {}))
         try:

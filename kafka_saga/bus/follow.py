@@ -26,8 +26,10 @@ class TopicFollower:
     the follower started (exact end, see :meth:`Bus.end_offsets`).
     """
 
-    def __init__(self, bus: Bus, topic: str, apply: Apply, name: str = "follower") -> None:
+    def __init__(self, bus: Bus, topic: str, apply: Apply, name: str = "follower",
+                 connect_timeout: float = 60.0) -> None:
         self.bus = bus
+        self.connect_timeout = connect_timeout
         self.topic = topic
         self.apply = apply
         self.name = name
@@ -52,9 +54,9 @@ class TopicFollower:
         """Follow the topic until ``stop`` is set (or, with ``until_end``, until caught up)."""
         stop = stop or asyncio.Event()
         self.target = await retry_until(f"{self.name} end offsets", self.bus.bootstrap,
-                                        lambda: self.bus.end_offsets(self.topic), 60)
-        consumer = self.bus.consumer(fetch_max_wait_ms=100, max_poll_records=5000)
-        await consumer.start()
+                                        lambda: self.bus.end_offsets(self.topic),
+                                        self.connect_timeout)
+        consumer = await self.bus.started_consumer(fetch_max_wait_ms=100, max_poll_records=5000)
         try:
             tps = list(self.target)
             consumer.assign(tps)
@@ -84,10 +86,16 @@ class TopicFollower:
 async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None = None,
                      on_batch: Callable[[TopicFollower], None] | None = None) -> TopicFollower:
     """Read ``topic`` from the beginning to its exact end as of now, then return."""
-    follower = TopicFollower(bus, topic, apply, name=f"read {topic}")
+    follower = TopicFollower(bus, topic, apply, name=f"read {topic}",
+                             connect_timeout=timeout if timeout else 60.0)
     started = time.monotonic()
     task = asyncio.create_task(follower.run(
         until_end=True, on_batch=(lambda: on_batch(follower)) if on_batch else None))
-    await asyncio.wait_for(task, timeout)
+    try:
+        await asyncio.wait_for(task, timeout)
+    except TimeoutError:
+        done, total = follower.progress()
+        raise TimeoutError(f"reading {topic} did not finish within {timeout}s "
+                           f"({done}/{total} records)") from None
     follower.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
     return follower

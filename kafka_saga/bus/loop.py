@@ -59,7 +59,7 @@ class _Runner(ConsumerRebalanceListener):
         self.sub = sub
         self.worker = worker
         self.log = logs.get("loop", role=sub.role, worker=worker)
-        self.consumer = bus.consumer(group_id=sub.group_id, **sub.consumer_options)
+        self.consumer: AIOKafkaConsumer  # created by run(), once per start attempt
         self.committed: dict[TopicPartition, int] = {}
         self.handled: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()
@@ -89,8 +89,16 @@ class _Runner(ConsumerRebalanceListener):
 
     # --- the loop ---
     async def run(self, stop: asyncio.Event) -> None:
-        self.consumer.subscribe(list(self.sub.topics), listener=self)
-        await retry_until(f"{self.sub.role} consumer start", self.bus.bootstrap, self.consumer.start, 60)
+        async def start() -> None:
+            self.consumer = self.bus.consumer(group_id=self.sub.group_id, **self.sub.consumer_options)
+            self.consumer.subscribe(list(self.sub.topics), listener=self)
+            try:
+                await self.consumer.start()
+            except BaseException:
+                await self.consumer.stop()
+                raise
+
+        await retry_until(f"{self.sub.role} consumer start", self.bus.bootstrap, start, 60)
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200)

@@ -78,9 +78,9 @@ class HttpServer:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 - actual bound port
         if sockets:
