@@ -71,7 +71,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     def stop(_sig: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
-        broker.stop()
+        if broker.process and broker.process.poll() is None:
+            broker.process.terminate()  # the main thread's wait() then returns
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
