@@ -126,7 +126,7 @@ class Settings:
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             embedded_port=_int(env, "KAFKA_SAGA_EMBEDDED_PORT", 9092) or 9092,
             topic_prefix=env.get("KAFKA_SAGA_TOPIC_PREFIX", ""),
-            partitions=_int(env, "KAFKA_SAGA_PARTITIONS", 6) or 6,
+            partitions=_int(env, "KAFKA_SAGA_PARTITIONS", 6),  # type: ignore[arg-type]
             replication_factor=_int(env, "KAFKA_SAGA_REPLICATION_FACTOR", 1) or 1,
             idempotent_producer=_bool(env, "KAFKA_ENABLE_IDEMPOTENCE", False),
             linger_ms=_int(env, "KAFKA_SAGA_LINGER_MS", 5) or 0,
@@ -177,6 +177,9 @@ class Settings:
             raise ConfigError(f"cannot read role list {path}: {exc}") from None
         entries = doc.get("roles") if isinstance(doc, dict) else None
         if isinstance(entries, list):
+            if not all(isinstance(name, str) for name in entries):
+                raise ConfigError(f"{path}: the list form takes role names only; "
+                                  "use the mapping form for options")
             entries = {name: {} for name in entries}
         if not isinstance(entries, dict) or not entries:
             raise ConfigError(f"{path}: expected a non-empty 'roles' mapping or list")
@@ -192,14 +195,25 @@ class Settings:
             base = roles.get(name, RoleOptions())
             extra = {k: v for k, v in options.items() if k not in ("workers", "metrics_port", "port")}
             roles[name] = RoleOptions(
-                workers=int(options.get("workers", base.workers)),
-                metrics_port=options.get("metrics_port", base.metrics_port),
+                workers=_option_int(path, name, "workers", options.get("workers", base.workers)),
+                metrics_port=_option_int(path, name, "metrics_port",
+                                         options.get("metrics_port", base.metrics_port)),
                 extra={**base.extra, **extra},
             )
             if name == "query" and "port" in options:
-                updates["query_port"] = int(options["port"])
+                updates["query_port"] = _option_int(path, name, "port", options["port"])
             names.append(name)
         return replace(self, roles=roles, **updates), names
+
+
+def _option_int(path: str | Path, role: str, key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{path}: {role}.{key} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def parse_roles(spec: str) -> list[str]:

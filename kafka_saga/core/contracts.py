@@ -127,7 +127,7 @@ class Command(Contract):
     type: CommandType
     snapshot: Snapshot
     step: Step = Step.VALIDATION
-    issued_at: str = ""
+    issued_at: str = field(default_factory=now_rfc3339)
     metadata: dict[str, str] = field(default_factory=_empty_map)
     schema_version: int = SCHEMA_VERSION
 

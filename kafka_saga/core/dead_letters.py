@@ -52,8 +52,10 @@ def _preview(value: bytes | None, limit: int = 512) -> str:
     head = value[:limit]
     try:
         text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(head).decode()
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the limit: binary
+            return "base64:" + base64.b64encode(head).decode()
+        text = head[:exc.start].decode("utf-8")
     return text + ("…" if len(value) > limit else "")
 
 

@@ -43,7 +43,8 @@ class Field:
 
 def canonical_time(value: datetime) -> str:
     """RFC 3339 in UTC with microseconds: sortable as a string."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def now_rfc3339() -> str:
@@ -92,6 +93,8 @@ def check_value(field: Field, value: Any, path: str) -> Any:
             raise _fail(path, f"{value!r} is not an RFC 3339 timestamp") from None
         if parsed.tzinfo is None:
             raise _fail(path, f"{value!r} has no time zone")
+        if not 1000 <= parsed.year <= 9998:
+            raise _fail(path, f"{value!r} is out of the supported range (years 1000-9998)")
         return canonical_time(parsed)
     if kind == "map":
         if type(value) is not dict:
