@@ -96,6 +96,17 @@ class Settings:
     request_timeout_ms: int = 15000
     session_timeout_ms: int = 6000  # Kafka's minimum by default; also how long a join waits
     dlq_recent: int = 200
+    catalog_path: str | None = None
+    payment_max_retries: int = 3
+    payment_backoff_s: float = 0.1
+    payment_timeout_s: float = 2.0
+    payment_failure_rate: float = 0.01
+    inventory_timeout_s: float = 5.0
+    inventory_max_tries: int = 3
+    finished_sagas_max: int = 200_000
+    wait_max_s: float = 30.0
+    demo_rate: float = 5.0
+    demo_count: int = 0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -142,6 +153,17 @@ class Settings:
             session_timeout_ms=_int(env, "KAFKA_SAGA_SESSION_TIMEOUT_MS", 6000) or 6000,
             batch_max_records=_int(env, "KAFKA_SAGA_BATCH_MAX_RECORDS", 500) or 500,
             dlq_recent=_int(env, "KAFKA_SAGA_DLQ_RECENT", 200) or 200,
+            catalog_path=env.get("KAFKA_SAGA_CATALOG") or None,
+            payment_max_retries=_int(env, "PAYMENT_MAX_RETRIES", 3),  # type: ignore[arg-type]
+            payment_backoff_s=_float(env, "PAYMENT_BACKOFF_S", 0.1),
+            payment_timeout_s=_float(env, "PAYMENT_TIMEOUT_S", 2.0),
+            payment_failure_rate=_float(env, "PAYMENT_FAILURE_RATE", 0.01),
+            inventory_timeout_s=_float(env, "INVENTORY_TIMEOUT_S", 5.0),
+            inventory_max_tries=_int(env, "INVENTORY_MAX_TRIES", 3),  # type: ignore[arg-type]
+            finished_sagas_max=_int(env, "KAFKA_SAGA_FINISHED_SAGAS_MAX", 200_000),  # type: ignore[arg-type]
+            wait_max_s=_float(env, "QUERY_WAIT_MAX_S", 30.0),
+            demo_rate=_float(env, "DEMO_RATE", 5.0),
+            demo_count=_int(env, "DEMO_COUNT", 0),  # type: ignore[arg-type]
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=env.get("LOG_FORMAT", "auto").lower(),
             security=security,
@@ -151,6 +173,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.payment_max_retries < 0 or self.inventory_max_tries < 1:
+            raise ConfigError("PAYMENT_MAX_RETRIES must be >= 0 and INVENTORY_MAX_TRIES >= 1")
+        if not 0.0 <= self.payment_failure_rate <= 1.0:
+            raise ConfigError("PAYMENT_FAILURE_RATE must be between 0 and 1")
         if self.partitions < 1:
             raise ConfigError("KAFKA_SAGA_PARTITIONS must be at least 1")
         if self.security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):

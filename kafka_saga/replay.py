@@ -30,7 +30,7 @@ class ReplayResult:
     def apply(self, record: Any) -> None:
         try:
             event = Event.decode(record.value)
-        except ContractError:
+        except (ContractError, ValueError):
             self.skipped += 1  # the live roles dead-lettered it; the projection ignores it too
             return
         self.events += 1

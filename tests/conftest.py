@@ -41,6 +41,8 @@ def settings(broker: EmbeddedBroker) -> Settings:
         partitions=3,
         query_port=0,
         send_retry_max_s=20.0,
+        payment_failure_rate=0.0,
+        payment_backoff_s=0.02,
         shutdown_timeout_s=10.0,
     )
 

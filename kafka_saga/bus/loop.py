@@ -44,6 +44,10 @@ class Subscription:
     on_revoked: Callable[[set[TopicPartition]], Awaitable[None]] | None = None
     consumer_options: dict[str, Any] = field(default_factory=dict)
     dead_letter: bool = True  # False only for the DLQ's own reader: never re-publish garbage
+    # Event-sourced state: when set, each assigned partition is re-read from its beginning and
+    # records below the committed offset go to ``restore`` (rebuild state, no side effects);
+    # the rest go to ``handle`` as usual.
+    restore: Handler | None = None
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -62,6 +66,7 @@ class _Runner(ConsumerRebalanceListener):
         self.consumer: AIOKafkaConsumer  # created by run(), once per start attempt
         self.committed: dict[TopicPartition, int] = {}
         self.handled: dict[TopicPartition, int] = {}
+        self.restore_until: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
 
@@ -72,6 +77,7 @@ class _Runner(ConsumerRebalanceListener):
                 await self._checkpoint()
                 for tp in revoked:
                     self.committed.pop(tp, None)
+                    self.restore_until.pop(tp, None)
                 if self.sub.on_revoked:
                     await self.sub.on_revoked(set(revoked))
                 self.log.info("partitions revoked", partitions=_names(revoked))
@@ -83,6 +89,12 @@ class _Runner(ConsumerRebalanceListener):
         for tp in assigned:
             committed[tp] = await self.consumer.committed(tp) or 0
         self.committed.update(committed)
+        if self.sub.restore is not None:
+            self.restore_until.update(committed)
+            await self.consumer.seek_to_beginning(*assigned)
+            if any(committed.values()):
+                self.log.info("restoring state from the log",
+                              until={f"{tp.topic}:{tp.partition}": o for tp, o in committed.items()})
         if self.sub.on_assigned:
             await self.sub.on_assigned(self.consumer, committed)
         self.log.info("partitions assigned", partitions=_names(assigned))
@@ -124,14 +136,22 @@ class _Runner(ConsumerRebalanceListener):
         sub = self.sub
         now = time.time()
         latency = self.bus.metrics.latency
+        restore_until = self.restore_until.get(tp, 0)
         for record in records:
+            handler = sub.handle
+            if record.offset < restore_until:
+                handler = sub.restore  # type: ignore[assignment]
             try:
                 message = sub.decode(record.value)
             except ContractError as exc:
-                await self._reject(record, exc.reason, str(exc))
+                if record.offset >= restore_until:  # dead-lettered the first time round
+                    await self._reject(record, exc.reason, str(exc))
+            except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the role
+                if record.offset >= restore_until:
+                    await self._reject(record, "decode_error", f"{type(exc).__name__}: {exc}")
             else:
                 try:
-                    await sub.handle(message, record)
+                    await handler(message, record)
                 except Exception as exc:
                     if is_retriable(exc):
                         raise

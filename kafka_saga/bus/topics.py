@@ -36,6 +36,11 @@ class Topics:
         """Repartition of ``orders.events`` keyed by user: one aggregator owner per user."""
         return f"{self.prefix}orders.events.by-user"
 
+    @property
+    def inventory(self) -> str:
+        """Stock reservations, keyed by item: one owner per item (no oversell across processes)."""
+        return f"{self.prefix}orders.inventory"
+
     def all(self) -> dict[str, dict[str, str]]:
         """Every topic with its configuration."""
         return {
@@ -44,6 +49,7 @@ class Topics:
             self.aggregates: {"cleanup.policy": "compact"},
             self.dlq: {},
             self.events_by_user: {},
+            self.inventory: {},
         }
 
     def group(self, role: str) -> str:

@@ -247,6 +247,35 @@ class UserAggregate(Contract):
         return replace(self, metadata=dict(self.metadata))
 
 
+@dataclass(slots=True)
+class InventoryRequest(Contract):
+    """Reserve or release stock for one saga, on ``orders.inventory`` keyed by item."""
+
+    request_id: str
+    saga_id: str
+    order_id: str
+    item: str
+    quantity: int
+    action: str
+    requested_at: str = field(default_factory=now_rfc3339)
+    schema_version: int = SCHEMA_VERSION
+
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("request_id", "str", min=1, max_len=128),
+        Field("saga_id", "str", min=1, max_len=128),
+        Field("order_id", "str", min=1, max_len=128),
+        Field("item", "str", max_len=128),
+        Field("quantity", "int", min=0, max=MAX_QUANTITY),
+        Field("action", "enum", choices=("reserve", "release")),
+        Field("requested_at", "time"),
+        Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
+    )
+
+    @property
+    def key(self) -> bytes:
+        return self.item.encode()
+
+
 # --- dead-letter records ---------------------------------------------------------------
 
 DLQ_HEADERS = (
@@ -302,6 +331,7 @@ CONTRACTS: dict[str, type[Contract]] = {
     "Command": Command,
     "Event": Event,
     "UserAggregate": UserAggregate,
+    "InventoryRequest": InventoryRequest,
 }
 
 __all__ = [
@@ -311,6 +341,7 @@ __all__ = [
     "ContractError",
     "Event",
     "EventType",
+    "InventoryRequest",
     "Snapshot",
     "Step",
     "UserAggregate",

@@ -28,6 +28,7 @@ class OrderFacts:
     user: str
     status: str
     price_cents: int
+    saga_id: str = ""
 
 
 @dataclass(slots=True)
@@ -64,8 +65,10 @@ class AggregateFold:
         snap = event.snapshot
         facts = self.orders.get(snap.order_id)
         changed = False
+        if facts is not None and facts.saga_id != event.saga_id:
+            return None  # a second saga for the same order (rejected as a duplicate): not counted
         if facts is None:
-            facts = OrderFacts(snap.user, PENDING, snap.price_cents)
+            facts = OrderFacts(snap.user, PENDING, snap.price_cents, event.saga_id)
             self.orders[snap.order_id] = facts
             agg = self._user(snap.user).aggregate
             agg.orders += 1

@@ -35,7 +35,6 @@ class AggregatorRole(Role):
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.folds: dict[int, AggregateFold] = {}
-        self.restore_until: dict[int, int] = {}
         self.dirty: dict[str, AggregateFold] = {}
 
     # --- stage 1: re-key ---
@@ -50,8 +49,13 @@ class AggregatorRole(Role):
         if fold is None:  # not (or no longer) ours
             return
         user = fold.apply(event)
-        if user is not None and record.offset >= self.restore_until.get(record.partition, 0):
+        if user is not None:
             self.dirty[user] = fold
+
+    async def restore(self, event: Event, record: Any) -> None:
+        fold = self.folds.get(record.partition)
+        if fold is not None:
+            fold.apply(event)
 
     async def publish(self) -> None:
         if not self.dirty:
@@ -64,18 +68,12 @@ class AggregatorRole(Role):
                 await producer.send(topic, aggregate.encode(), user.encode())
 
     async def assigned(self, consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:
-        for tp, offset in committed.items():
+        for tp in committed:
             self.folds[tp.partition] = AggregateFold()
-            self.restore_until[tp.partition] = offset
-        await consumer.seek_to_beginning(*committed)
-        if any(committed.values()):
-            log.info("restoring aggregates from the log",
-                     partitions={tp.partition: off for tp, off in committed.items()})
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             fold = self.folds.pop(tp.partition, None)
-            self.restore_until.pop(tp.partition, None)
             self.dirty = {u: f for u, f in self.dirty.items() if f is not fold}
 
     def subscriptions(self) -> list[Subscription]:
@@ -85,7 +83,7 @@ class AggregatorRole(Role):
                          Event.decode, self.rekey),
             Subscription("aggregator", (topics.events_by_user,), topics.group("aggregator"),
                          Event.decode, self.fold, on_batch_end=self.publish,
-                         on_assigned=self.assigned, on_revoked=self.revoked),
+                         on_assigned=self.assigned, on_revoked=self.revoked, restore=self.restore),
         ]
 
     async def run(self, stop: asyncio.Event) -> None:

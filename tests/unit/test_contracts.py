@@ -22,6 +22,7 @@ from kafka_saga.core.contracts import (
     ContractError,
     Event,
     EventType,
+    InventoryRequest,
     Snapshot,
     Step,
     UserAggregate,
@@ -148,7 +149,7 @@ def test_canonical_time() -> None:
 
 def test_contracts_registry() -> None:
     assert CONTRACTS == {"Snapshot": Snapshot, "Command": Command, "Event": Event,
-                         "UserAggregate": UserAggregate}
+                         "UserAggregate": UserAggregate, "InventoryRequest": InventoryRequest}
 
 
 # --- rejections ----------------------------------------------------------------------------
