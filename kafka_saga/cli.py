@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.roles:
             names = [n for n in parse_roles(args.roles) if n in names]
     else:
-        names = parse_roles(args.roles or "all")
+        names = parse_roles(args.roles if args.roles is not None else "all")
     if args.port is not None:
         settings = replace(settings, query_port=args.port)
     if args.host:
@@ -183,6 +183,16 @@ async def _replay(args: argparse.Namespace) -> int:
 
 # --- parser ----------------------------------------------------------------------------
 
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kafka-saga", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq = with_broker(sub.add_parser("dlq", help="inspect or re-inject dead letters"))
     dlq.add_argument("action", choices=("list", "replay"))
-    dlq.add_argument("--limit", type=int, default=50)
+    dlq.add_argument("--limit", type=_positive_int, default=50)
     dlq.add_argument("--reason", help="only records with this reason")
     group = dlq.add_mutually_exclusive_group()
     group.add_argument("--offset", help="replay: PARTITION:OFFSET of one DLQ record")

@@ -34,6 +34,8 @@ async def retry_until(what: str, bootstrap: str, op: Callable[[], Awaitable[T]],
         attempt += 1
         try:
             return await op()
+        except LookupError:
+            raise  # the broker answered: the topic does not exist; retrying will not help
         except Exception as exc:  # noqa: BLE001 - the broker may fail in many ways at start-up
             if time.monotonic() + delay > deadline:
                 raise BrokerUnavailable(f"{what}: broker {bootstrap} unreachable after "
