@@ -27,8 +27,9 @@ class TopicFollower:
     """
 
     def __init__(self, bus: Bus, topic: str, apply: Apply, name: str = "follower",
-                 connect_timeout: float = 60.0) -> None:
+                 connect_timeout: float = 60.0, partitions: list[int] | None = None) -> None:
         self.bus = bus
+        self.only = set(partitions) if partitions is not None else None
         self.connect_timeout = connect_timeout
         self.topic = topic
         self.apply = apply
@@ -53,9 +54,11 @@ class TopicFollower:
                   on_batch: Callable[[], None] | None = None) -> None:
         """Follow the topic until ``stop`` is set (or, with ``until_end``, until caught up)."""
         stop = stop or asyncio.Event()
-        self.target = await retry_until(f"{self.name} end offsets", self.bus.bootstrap,
-                                        lambda: self.bus.end_offsets(self.topic),
-                                        self.connect_timeout)
+        target = await retry_until(f"{self.name} end offsets", self.bus.bootstrap,
+                                   lambda: self.bus.end_offsets(self.topic),
+                                   self.connect_timeout)
+        self.target = {tp: end for tp, end in target.items()
+                       if self.only is None or tp.partition in self.only}
         consumer = await self.bus.started_consumer(fetch_max_wait_ms=100, max_poll_records=5000)
         try:
             tps = list(self.target)
@@ -84,10 +87,11 @@ class TopicFollower:
 
 
 async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None = None,
-                     on_batch: Callable[[TopicFollower], None] | None = None) -> TopicFollower:
-    """Read ``topic`` from the beginning to its exact end as of now, then return."""
+                     on_batch: Callable[[TopicFollower], None] | None = None,
+                     partitions: list[int] | None = None) -> TopicFollower:
+    """Read ``topic`` (or some of its partitions) from the beginning to its exact end as of now."""
     follower = TopicFollower(bus, topic, apply, name=f"read {topic}",
-                             connect_timeout=timeout if timeout else 60.0)
+                             connect_timeout=timeout if timeout else 60.0, partitions=partitions)
     started = time.monotonic()
     task = asyncio.create_task(follower.run(
         until_end=True, on_batch=(lambda: on_batch(follower)) if on_batch else None))

@@ -85,6 +85,10 @@ class _Runner(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if not assigned:
             return
+        async with self.lock:  # no batch is handled while a role restores its state
+            await self._assigned(assigned)
+
+    async def _assigned(self, assigned: set[TopicPartition]) -> None:
         committed = {}
         for tp in assigned:
             committed[tp] = await self.consumer.committed(tp) or 0
@@ -119,8 +123,10 @@ class _Runner(ConsumerRebalanceListener):
                     continue
                 async with self.lock:
                     started = time.perf_counter()
+                    owned = self.consumer.assignment()
                     for tp, records in batches.items():
-                        await self._handle_records(tp, records)
+                        if tp in owned:  # a rebalance may have moved it while we waited
+                            await self._handle_records(tp, records)
                     await self._checkpoint()
                     self.bus.metrics.handle_seconds.labels(role=self.sub.role).observe(
                         time.perf_counter() - started)

@@ -5,12 +5,16 @@ from __future__ import annotations
 from .aggregator import AggregatorRole
 from .base import Role, RoleContext
 from .dlq import DlqRole
+from .orchestrator import OrchestratorRole
 from .query import QueryRole
+from .tracker import TrackerRole
 
 ROLES: dict[str, type[Role]] = {
     AggregatorRole.name: AggregatorRole,
     DlqRole.name: DlqRole,
+    OrchestratorRole.name: OrchestratorRole,
     QueryRole.name: QueryRole,
+    TrackerRole.name: TrackerRole,
 }
 
 __all__ = ["ROLES", "Role", "RoleContext"]

@@ -1,0 +1,329 @@
+"""orchestrator: runs each order's saga — Validation -> Payment -> Inventory -> Finalize.
+
+Commands come in on ``orders.commands`` (``OrderCreate`` from clients, ``OrderReject``
+from the tracker or ``kafka-saga cancel``, and the inventory participant's answers); every
+state transition goes out as an event on ``orders.events`` *before* the saga moves on.
+Saga state is never stored elsewhere: when this process is assigned a commands partition
+it re-reads the same partition of ``orders.events`` (same key, same partition count) and
+resumes every unfinished saga, so a ``kill -9`` or a rebalance loses nothing.
+
+Each saga runs in its own task, so a saga waiting on retries or a slow participant never
+stalls the others of its partition. A sweeper restarts any unfinished saga left without a
+task, so no saga stays pending forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections import OrderedDict
+from typing import Any
+
+import backoff
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from .. import logs
+from ..bus.follow import read_topic
+from ..bus.loop import Subscription, consume_workers
+from ..core.catalog import Catalog
+from ..core.contracts import Command, CommandType, Event, EventType, InventoryRequest, Step, new_id
+from ..core.payment import APPROVED, SimulatedGateway, TransientPaymentError
+from ..core.saga import FAILED, REJECTED, Ending, Saga, validate
+from .base import Role
+from .inventory import SOURCE as INVENTORY_SOURCE
+from .inventory import InventoryParticipant
+
+log = logs.get("orchestrator")
+SWEEP_INTERVAL_S = 2.0
+
+
+class OrchestratorRole(Role):
+    name = "orchestrator"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
+        self.bus = ctx.bus
+        self.catalog = Catalog.load(settings.catalog_path)
+        self.gateway = ctx.shared.get("payment_gateway") or SimulatedGateway(settings.payment_failure_rate)
+        self.inventory = InventoryParticipant(self.bus, self.catalog)
+        self.sagas: dict[str, Saga] = {}
+        self.partition_of: dict[str, int] = {}
+        self.by_command: dict[str, str] = {}
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.runners: dict[str, asyncio.Task[None]] = {}
+        self.waiters: dict[str, asyncio.Future[tuple[bool, str]]] = {}
+
+    # --- commands ----------------------------------------------------------------------
+    async def on_command(self, command: Command, record: Any) -> None:
+        if command.metadata.get("source") == INVENTORY_SOURCE:
+            waiter = self.waiters.get(command.saga_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result((command.type is CommandType.ORDER_APPROVE,
+                                   command.metadata.get("reason", "")))
+            return
+        if command.type is CommandType.ORDER_CREATE:
+            await self.create(command, record)
+        elif command.type is CommandType.ORDER_REJECT:
+            await self.reject(command)
+        else:
+            log.warning("command ignored: OrderApprove is only a participant's answer",
+                        order_id=command.snapshot.order_id, saga_id=command.saga_id)
+
+    async def create(self, command: Command, record: Any) -> None:
+        if command.saga_id in self.sagas or command.command_id in self.by_command:
+            log.info("duplicate command ignored", command_id=command.command_id,
+                     saga_id=command.saga_id, order_id=command.snapshot.order_id)
+            return
+        saga = Saga(command.saga_id, command.snapshot, command.command_id,
+                    origin=(record.partition, record.offset))
+        self._register(saga, record.partition)
+        await self.emit(saga, saga.event(EventType.ORDER_CREATED, Step.VALIDATION, metadata={
+            "command_partition": str(record.partition), "command_offset": str(record.offset)}),
+            flush=False)
+        self.start(saga)
+
+    async def reject(self, command: Command) -> None:
+        reason = command.metadata.get("reason") or "rejected"
+        saga = self.sagas.get(command.saga_id)
+        if saga is None:
+            log.warning("reject for an unknown saga ignored", saga_id=command.saga_id,
+                        order_id=command.snapshot.order_id, reason=reason)
+            return
+        ending = saga.ending or saga.reject_request(reason, command.step)
+        if ending is None:
+            log.info("reject ignored: saga already ended", saga_id=saga.saga_id,
+                     order_id=saga.order_id, status=saga.status)
+            return
+        runner = self.runners.get(saga.saga_id)
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        log.info("saga rejected by command", saga_id=saga.saga_id, order_id=saga.order_id,
+                 reason=reason, was=saga.status)
+        await self.finish(saga, ending)
+
+    # --- the saga itself ---------------------------------------------------------------
+    def start(self, saga: Saga) -> None:
+        if saga.saga_id not in self.runners and not saga.terminal:
+            self.runners[saga.saga_id] = asyncio.create_task(self.drive(saga), name=f"saga:{saga.saga_id}")
+
+    async def drive(self, saga: Saga) -> None:
+        try:
+            while not saga.terminal:
+                if saga.ending is not None:  # resumed half-way through its compensations
+                    await self.finish(saga, saga.ending)
+                    return
+                step = saga.next_step()
+                if step is Step.VALIDATION:
+                    refusal = validate(saga.snapshot, self.catalog)
+                    if refusal:
+                        await self.finish(saga, Ending(REJECTED, step, refusal))
+                    else:
+                        await self.emit(saga, saga.event(EventType.ORDER_APPROVED, step))
+                elif step is Step.PAYMENT:
+                    await self.pay(saga)
+                elif step is Step.INVENTORY:
+                    await self.reserve(saga)
+                else:
+                    await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.FINALIZE))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the sweeper resumes the saga
+            log.error("saga step failed, will resume", saga_id=saga.saga_id, order_id=saga.order_id,
+                      error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if self.runners.get(saga.saga_id) is asyncio.current_task():
+                del self.runners[saga.saga_id]
+
+    async def pay(self, saga: Saga) -> None:
+        settings = self.ctx.settings
+        tries = 0
+
+        @backoff.on_exception(backoff.expo, (TransientPaymentError, TimeoutError),
+                              max_tries=settings.payment_max_retries + 1,
+                              factor=settings.payment_backoff_s, max_value=5)
+        async def attempt() -> str:
+            nonlocal tries
+            tries += 1
+            return await asyncio.wait_for(self.gateway.charge(saga.saga_id, saga.snapshot),
+                                          settings.payment_timeout_s)
+
+        try:
+            outcome = await attempt()
+        except (TransientPaymentError, TimeoutError) as exc:
+            saga.retry_count = max(saga.retry_count, tries - 1)
+            error = str(exc) or f"no answer within {settings.payment_timeout_s}s"
+            await self.dead_letter(saga, "payment_retries_exhausted", error)
+            await self.finish(saga, Ending(FAILED, Step.PAYMENT,
+                                           f"payment failed after {tries - 1} retries: {error}"))
+            return
+        if outcome == APPROVED:
+            await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.PAYMENT, retry_count=tries - 1))
+        else:
+            await self.finish(saga, Ending(REJECTED, Step.PAYMENT, "payment declined"))
+
+    async def reserve(self, saga: Saga) -> None:
+        settings = self.ctx.settings
+        if not saga.snapshot.inventory_available:
+            await self.finish(saga, Ending(REJECTED, Step.INVENTORY, "inventory unavailable"))
+            return
+        snap = saga.snapshot
+        request = InventoryRequest(new_id(), saga.saga_id, snap.order_id, snap.item, snap.quantity, "reserve")
+        for attempt in range(1, settings.inventory_max_tries + 1):
+            waiter = self.waiters[saga.saga_id] = asyncio.get_running_loop().create_future()
+            try:
+                await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(), request.key)
+                approved, reason = await asyncio.wait_for(waiter, settings.inventory_timeout_s)
+            except TimeoutError:
+                log.warning("inventory did not answer in time", saga_id=saga.saga_id,
+                            order_id=saga.order_id, attempt=attempt)
+                continue
+            finally:
+                self.waiters.pop(saga.saga_id, None)
+            if approved:
+                await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.INVENTORY))
+            else:
+                await self.finish(saga, Ending(REJECTED, Step.INVENTORY, reason))
+            return
+        await self.release(saga)  # it may have reserved without us hearing the answer
+        await self.dead_letter(saga, "inventory_timeout", "inventory did not answer")
+        await self.finish(saga, Ending(FAILED, Step.INVENTORY, "inventory did not answer in time"))
+
+    async def finish(self, saga: Saga, ending: Ending) -> None:
+        """Compensate completed steps in reverse order, then write the terminal event."""
+        for step in saga.pending_compensations():
+            if step is Step.INVENTORY:
+                await self.release(saga)
+            else:
+                await self.gateway.refund(saga.saga_id, saga.snapshot)
+            await self.emit(saga, saga.compensation_event(step, ending))
+        await self.emit(saga, saga.terminal_event(ending))
+
+    async def release(self, saga: Saga) -> None:
+        snap = saga.snapshot
+        request = InventoryRequest(new_id(), saga.saga_id, snap.order_id, snap.item, snap.quantity, "release")
+        await self.bus.producer.send(self.bus.topics.inventory, request.encode(), request.key)
+
+    async def emit(self, saga: Saga, event: Event, flush: bool = True) -> None:
+        """Record a transition: apply it, publish it, and (by default) wait until it is durable."""
+        if not saga.apply(event) and event.type is not EventType.ORDER_CREATED:
+            return
+        await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key)
+        if flush:
+            await self.bus.producer.flush()
+        log.info("saga event", type=event.type.value, step=event.step.value, saga_id=saga.saga_id,
+                 order_id=saga.order_id, retry_count=event.retry_count,
+                 **({"reason": event.error_message} if event.error_message else {}))
+        if saga.terminal:
+            self._retire(saga)
+
+    async def dead_letter(self, saga: Saga, reason: str, error: str) -> None:
+        """Send the saga's original command to the DLQ (rebuilt from the saga's own record)."""
+        command = Command(saga.command_id or new_id(), saga.saga_id, CommandType.ORDER_CREATE,
+                          saga.snapshot)
+        partition, offset = saga.origin or (-1, -1)
+        origin = types.SimpleNamespace(topic=self.bus.topics.commands, partition=partition,
+                                       offset=offset, key=command.key, value=command.encode(),
+                                       headers=[])
+        await self.bus.producer.send_to_dlq(origin, reason, error, self.name, saga.retry_count)
+
+    # --- ownership and memory ----------------------------------------------------------
+    def _register(self, saga: Saga, partition: int) -> None:
+        self.sagas[saga.saga_id] = saga
+        self.partition_of[saga.saga_id] = partition
+        if saga.command_id:
+            self.by_command[saga.command_id] = saga.saga_id
+
+    def _retire(self, saga: Saga) -> None:
+        """Finished sagas stay (for duplicates and late rejects) up to a bound, oldest out first."""
+        self.finished[saga.saga_id] = None
+        self.finished.move_to_end(saga.saga_id)
+        self.gateway.forget(saga.saga_id)
+        while len(self.finished) > self.ctx.settings.finished_sagas_max:
+            old, _ = self.finished.popitem(last=False)
+            self._forget(old)
+
+    def _forget(self, saga_id: str) -> None:
+        saga = self.sagas.pop(saga_id, None)
+        self.partition_of.pop(saga_id, None)
+        self.finished.pop(saga_id, None)
+        if saga is not None:
+            self.by_command.pop(saga.command_id, None)
+
+    async def assigned(self, _consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:
+        partitions = sorted(tp.partition for tp in committed)
+        restored: dict[str, Saga] = {}
+
+        def apply(record: Any) -> None:
+            try:
+                event = Event.decode(record.value)
+            except ValueError:
+                return
+            saga = restored.get(event.saga_id)
+            if saga is None:
+                restored[event.saga_id] = Saga.from_event(event)
+                owner[event.saga_id] = record.partition
+            else:
+                saga.apply(event)
+
+        owner: dict[str, int] = {}
+        await read_topic(self.bus, self.bus.topics.events, apply, partitions=partitions)
+        for saga_id, saga in restored.items():  # registered only once complete: no half-built saga runs
+            self._register(saga, owner[saga_id])
+        unfinished = [s for s in restored.values() if not s.terminal]
+        for saga in restored.values():
+            if saga.terminal:
+                self._retire(saga)
+        for saga in unfinished:
+            self.start(saga)
+        log.info("sagas restored from orders.events", partitions=partitions,
+                 sagas=len(restored), resumed=len(unfinished))
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        lost = {tp.partition for tp in partitions}
+        for saga_id in [s for s, p in self.partition_of.items() if p in lost]:
+            runner = self.runners.pop(saga_id, None)
+            if runner is not None:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+            self._forget(saga_id)
+
+    async def sweep(self, stop: asyncio.Event) -> None:
+        """Restart unfinished sagas that lost their task (a step crashed)."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
+            except TimeoutError:
+                for saga in list(self.sagas.values()):
+                    if not saga.terminal and saga.saga_id not in self.runners:
+                        log.warning("resuming a stalled saga", saga_id=saga.saga_id, order_id=saga.order_id)
+                        self.start(saga)
+
+    async def check_partitions(self) -> None:
+        commands = await self.bus.partitions(self.bus.topics.commands)
+        events = await self.bus.partitions(self.bus.topics.events)
+        if len(commands) != len(events):
+            raise RuntimeError(f"{self.bus.topics.commands} has {len(commands)} partitions but "
+                               f"{self.bus.topics.events} has {len(events)}: they must be equal")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.check_partitions()
+        topics, workers = self.bus.topics, self.ctx.options.workers
+        commands = Subscription("orchestrator", (topics.commands,), topics.group("orchestrator"),
+                                Command.decode, self.on_command, on_assigned=self.assigned,
+                                on_revoked=self.revoked)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(consume_workers(self.bus, self.inventory.subscription(), stop, workers))
+                group.create_task(consume_workers(self.bus, commands, stop, workers))
+                group.create_task(self.sweep(stop))
+        finally:
+            for runner in list(self.runners.values()):
+                runner.cancel()
+            await asyncio.gather(*self.runners.values(), return_exceptions=True)
+
+    def health(self) -> dict[str, Any]:
+        active = sum(1 for s in self.sagas.values() if not s.terminal)
+        return {"active_sagas": active, "finished_sagas": len(self.finished),
+                "running": len(self.runners), "stock": self.inventory.stock()}

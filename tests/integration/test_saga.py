@@ -1,0 +1,155 @@
+"""The order saga end to end on the real broker: one order per outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from kafka_saga.bus.follow import read_topic
+from kafka_saga.core.catalog import Catalog
+from kafka_saga.core.contracts import Command, CommandType, Event, Snapshot, headers_dict, new_id
+
+from ..support.platform import eventually
+
+CATALOG = Catalog()
+TERMINAL = {"OrderRejected", "OrderFailed"}
+
+
+def order(user: str = "client01", item: str = "espresso", quantity: int = 2,
+          price: int | None = None, **attributes: str) -> Command:
+    unit = CATALOG.unit_price(item) or 0
+    snap = Snapshot(order_id="o-" + new_id()[:12], user=user, item=item, quantity=quantity,
+                    price_cents=unit * quantity if price is None else price, attributes=attributes)
+    return Command(new_id(), new_id(), CommandType.ORDER_CREATE, snap)
+
+
+async def submit(bus, *commands: Command) -> None:
+    for command in commands:
+        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+    await bus.producer.flush()
+
+
+async def events_by_order(bus) -> dict[str, list[Event]]:
+    out: dict[str, list[Event]] = defaultdict(list)
+
+    def apply(record) -> None:
+        event = Event.decode(record.value)
+        out[event.snapshot.order_id].append(event)
+
+    await read_topic(bus, bus.topics.events, apply, 30)
+    return out
+
+
+def is_terminal(events: list[Event]) -> bool:
+    return any(e.type.value in TERMINAL or (e.type.value == "OrderApproved" and e.step.value == "Finalize")
+               for e in events)
+
+
+async def wait_terminal(bus, *commands: Command, timeout: float = 60) -> dict[str, list[Event]]:
+    ids = [c.snapshot.order_id for c in commands]
+
+    async def check():
+        found = await events_by_order(bus)
+        return found if all(is_terminal(found.get(i, [])) for i in ids) else None
+
+    return await eventually(check, timeout=timeout, interval=0.3, what=f"terminal events for {ids}")
+
+
+def trail(events: list[Event]) -> list[str]:
+    return [f"{e.type.value}:{e.step.value}" for e in events]
+
+
+APPROVED_TRAIL = ["OrderCreated:Validation", "OrderApproved:Validation", "OrderApproved:Payment",
+                  "OrderApproved:Inventory", "OrderApproved:Finalize"]
+
+
+async def test_one_order_per_outcome(platform, bus):
+    await platform.start("orchestrator", "aggregator")
+    approved = order()
+    zero = order(quantity=0)
+    unknown = order(item="unicorn")
+    declined = order(payment="decline")
+    flaky = order(payment_errors="2")
+    broken = order(payment_errors="10")
+    no_stock = order(inventory_available_override="x")
+    no_stock.snapshot.inventory_available = False
+    await submit(bus, approved, zero, unknown, declined, flaky, broken, no_stock)
+    found = await wait_terminal(bus, approved, zero, unknown, declined, flaky, broken, no_stock)
+
+    def of(cmd: Command) -> list[Event]:
+        return found[cmd.snapshot.order_id]
+
+    assert trail(of(approved)) == APPROVED_TRAIL
+    assert trail(of(zero)) == ["OrderCreated:Validation", "OrderRejected:Validation"]
+    assert "quantity" in of(zero)[-1].error_message
+    assert trail(of(unknown)) == ["OrderCreated:Validation", "OrderRejected:Validation"]
+    assert "unknown item" in of(unknown)[-1].error_message
+    assert trail(of(declined)) == ["OrderCreated:Validation", "OrderApproved:Validation",
+                                   "OrderRejected:Payment"]
+    assert trail(of(flaky)) == APPROVED_TRAIL
+    assert of(flaky)[2].retry_count == 2
+    assert trail(of(broken)) == ["OrderCreated:Validation", "OrderApproved:Validation",
+                                 "OrderFailed:Payment"]
+    assert of(broken)[-1].retry_count == 3
+    # rejected at Inventory only after the payment was refunded
+    assert trail(of(no_stock)) == ["OrderCreated:Validation", "OrderApproved:Validation",
+                                   "OrderApproved:Payment", "OrderCompensated:Payment",
+                                   "OrderRejected:Inventory"]
+    # the failed order's original command is in the DLQ with its reason and origin
+    letters: list = []
+    await read_topic(bus, bus.topics.dlq, letters.append, 30)
+    dead = [headers_dict(r.headers) | {"key": r.key} for r in letters]
+    exhausted = [d for d in dead if d["reason"] == "payment_retries_exhausted"]
+    assert len(exhausted) == 1
+    assert exhausted[0]["key"] == broken.key
+    assert exhausted[0]["origin-topic"] == bus.topics.commands
+    assert exhausted[0]["retry-count"] == "3"
+    assert Command.decode(next(r.value for r in letters if r.key == broken.key)).saga_id == broken.saga_id
+
+
+async def test_same_command_twice_starts_one_saga(platform, bus):
+    await platform.start("orchestrator")
+    command = order()
+    await submit(bus, command, command)
+    found = await wait_terminal(bus, command)
+    await asyncio.sleep(1.5)
+    found = await events_by_order(bus)
+    assert trail(found[command.snapshot.order_id]) == APPROVED_TRAIL
+
+
+async def test_reject_command_compensates_an_approved_saga_in_reverse_order(platform, bus):
+    await platform.start("orchestrator")
+    command = order(item="latte", quantity=3)
+    await submit(bus, command)
+    await wait_terminal(bus, command)
+    reject = Command(new_id(), command.saga_id, CommandType.ORDER_REJECT, command.snapshot,
+                     metadata={"reason": "customer_cancelled", "source": "test"})
+    await submit(bus, reject, reject)
+
+    async def rejected():
+        found = await events_by_order(bus)
+        events = found[command.snapshot.order_id]
+        return events if events[-1].type.value == "OrderRejected" else None
+
+    events = await eventually(rejected, timeout=60, what="late rejection")
+    assert trail(events)[-3:] == ["OrderCompensated:Inventory", "OrderCompensated:Payment",
+                                  "OrderRejected:Finalize"]
+    assert events[-1].error_message == "customer_cancelled"
+    # a second reject of a rejected saga changes nothing
+    await submit(bus, reject)
+    await asyncio.sleep(1.5)
+    assert len((await events_by_order(bus))[command.snapshot.order_id]) == len(events)
+
+
+async def test_reject_stops_a_pending_saga(platform, bus, settings):
+    await platform.start("orchestrator")
+    slow = order(payment_delay_ms="1500")
+    await submit(bus, slow)
+    await asyncio.sleep(0.8 + 3.5)  # group join, then the payment attempt is in flight
+    reject = Command(new_id(), slow.saga_id, CommandType.ORDER_REJECT, slow.snapshot,
+                     metadata={"reason": "customer_cancelled"})
+    await submit(bus, reject)
+    found = await wait_terminal(bus, slow)
+    events = found[slow.snapshot.order_id]
+    assert events[-1].type.value == "OrderRejected"
+    assert sum(1 for e in events if e.type.value in ("OrderRejected", "OrderFailed")) == 1
