@@ -151,6 +151,75 @@ async def _dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- submit / cancel -------------------------------------------------------------------
+
+def _attributes(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--attr {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .core.catalog import Catalog
+    from .core.fields import ContractError
+    from .core.submission import new_order_command, parse_order_request
+
+    settings = _settings(args)
+    body: dict[str, Any] = {"user": args.user, "item": args.item, "quantity": args.quantity,
+                            "attributes": _attributes(args.attr)}
+    if args.price_cents is not None:
+        body["price_cents"] = args.price_cents
+    try:
+        order = parse_order_request(body)
+    except ContractError as exc:
+        raise ConfigError(str(exc)) from None
+    command = new_order_command(order["user"], order["item"], order["quantity"],
+                                Catalog.load(settings.catalog_path), attributes=order["attributes"],
+                                price_cents=order["price_cents"], order_id=args.order_id)
+    async with _bus(settings) as bus:
+        await bus.producer.send_and_wait(bus.topics.commands, command.encode(), command.key)
+    print(orjson.dumps({"order_id": command.snapshot.order_id, "saga_id": command.saga_id,
+                        "command_id": command.command_id}).decode())
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from .core.contracts import Event
+    from .core.submission import reject_command
+
+    bus = _bus(_settings(args))
+    key = args.order_id.encode()
+    partitions = [tp.partition for tp in await bus.partitions(bus.topics.events)]
+    partition = DefaultPartitioner()(key, partitions, partitions)
+    first: list[Event] = []
+
+    def find(record: Any) -> None:
+        if record.key == key and not first:
+            try:
+                first.append(Event.decode(record.value))
+            except ValueError:
+                pass
+
+    await read_topic(bus, bus.topics.events, find, args.timeout, partitions=[partition])
+    if not first:
+        print(f"kafka-saga: no saga found for order {args.order_id}", file=sys.stderr)
+        return 1
+    event = first[0]
+    command = reject_command(args.order_id, event.saga_id, event.snapshot, args.reason, "cli")
+    async with bus:
+        await bus.producer.send_and_wait(bus.topics.commands, command.encode(), command.key)
+    print(f"reject sent for order {args.order_id} (saga {event.saga_id}, reason {args.reason})")
+    return 0
+
+
 # --- replay ----------------------------------------------------------------------------
 
 async def _replay(args: argparse.Namespace) -> int:
@@ -228,6 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--all", action="store_true", help="replay: every (matching) record")
     dlq.add_argument("--timeout", type=float, default=60.0)
     dlq.set_defaults(func=lambda a: asyncio.run(_dlq(a)))
+
+    submit = with_broker(sub.add_parser("submit", help="submit an order (an OrderCreate command)"))
+    submit.add_argument("--user", required=True)
+    submit.add_argument("--item", required=True)
+    submit.add_argument("--quantity", type=int, default=1)
+    submit.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                        help="order attribute, e.g. payment=decline (repeatable)")
+    submit.add_argument("--price-cents", type=int, help="override the catalog price")
+    submit.add_argument("--order-id", help="order id (default: a new one)")
+    submit.set_defaults(func=lambda a: asyncio.run(_submit(a)))
+
+    cancel = with_broker(sub.add_parser("cancel", help="reject an order's saga (compensates it)"))
+    cancel.add_argument("order_id")
+    cancel.add_argument("--reason", default="cancelled")
+    cancel.add_argument("--timeout", type=float, default=60.0)
+    cancel.set_defaults(func=lambda a: asyncio.run(_cancel(a)))
 
     replay = with_broker(sub.add_parser("replay", help="rebuild the projections from orders.events"))
     replay.add_argument("--output", default="replay-projections.json")
