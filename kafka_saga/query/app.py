@@ -1,20 +1,48 @@
-"""The query API (aiohttp): the read side over the projections."""
+"""The query API (aiohttp): the read side over the projections, and order submission."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
-from ..runtime.http import BadRequest, int_param, json_errors, json_response, metrics_response
+from .. import logs
+from ..bus.client import Bus
+from ..bus.producer import DeliveryError
+from ..config import Settings
+from ..core.contracts import Command
+from ..core.fields import ContractError
+from ..core.submission import (
+    new_order_command,
+    parse_cancel_request,
+    parse_order_request,
+    reject_command,
+)
+from ..runtime.http import (
+    BadRequest,
+    int_param,
+    json_error,
+    json_errors,
+    json_response,
+    metrics_response,
+)
 from ..runtime.metrics import Metrics
+from .orders import FAILED, REJECTED, STATUSES
 from .readmodel import ReadModel
 
+log = logs.get("query")
 MAX_PAGE = 1000
+SUBMIT_TIMEOUT_S = 10.0  # how long a submission waits for the broker's acknowledgement
 READ_MODEL = web.AppKey("read_model", ReadModel)
 METRICS = web.AppKey("metrics", Metrics)
 HEALTH = web.AppKey("health", object)
+BUS = web.AppKey("bus", Bus)
+SETTINGS = web.AppKey("settings", Settings)
 
 
 def _model(request: web.Request) -> ReadModel:
@@ -58,7 +86,8 @@ async def get_ready(request: web.Request) -> web.Response:
     """GET /readyz — 200 once the read model caught up with the topic as it was at start-up."""
     model = _model(request)
     done, target = model.aggregate_follower.progress()
-    body = {"ready": model.ready, "read": done, "target": target, "users": len(model.aggregates)}
+    body = {"ready": model.ready, "read": done, "target": target, "users": len(model.aggregates),
+            "events": model.events_progress()}
     return json_response(body, status=200 if model.ready else 503)
 
 
@@ -76,19 +105,187 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     })
 
 
+# --- orders and sagas -------------------------------------------------------------------
+
+def require_admin(request: web.Request) -> None:
+    """Authorisation hook of the administrative routes (order cancel).
+
+    Allows everything for now; the admin token check goes here (raise
+    ``web.HTTPUnauthorized``/``web.HTTPForbidden``, rendered as JSON by ``json_errors``).
+    """
+    del request
+
+
+def _invalid(exc: ContractError) -> web.Response:
+    return json_error(400, str(exc), reason=exc.reason)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("the request body must be a JSON object; it is empty")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _settings(request: web.Request) -> Settings:
+    return request.app.get(SETTINGS) or Settings()
+
+
+async def _publish(request: web.Request, command: Command) -> web.Response | None:
+    """Send ``command`` on the commands topic and wait for the ack; a 503 response if not."""
+    order_id = command.snapshot.order_id
+    bus = request.app.get(BUS)
+    if bus is None:
+        return json_error(503, "order submission is not available in this process")
+    if bus.metrics.breaker_state == "open":
+        return json_error(503, "the broker is unavailable (circuit breaker open); "
+                          "nothing was submitted, retry later", order_id=order_id)
+    producer = bus.producer
+    try:
+        await producer.send(bus.topics.commands, command.encode(), key=command.key)
+        flush = asyncio.ensure_future(producer.flush())  # shared producer: never cancel a flush
+        flush.add_done_callback(_consume_result)
+        await asyncio.wait_for(asyncio.shield(flush), SUBMIT_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("command not acknowledged in time", order_id=order_id,
+                    command=command.type.value, timeout_s=SUBMIT_TIMEOUT_S)
+        return json_error(503, f"the broker did not acknowledge the command within "
+                          f"{SUBMIT_TIMEOUT_S:g}s; it may still be delivered: check "
+                          f"/orders/{order_id} before retrying", order_id=order_id,
+                          command_id=command.command_id)
+    except (DeliveryError, KafkaError, ConnectionError) as exc:
+        log.warning("command not delivered", order_id=order_id, command=command.type.value,
+                    error=repr(exc)[:300])
+        return json_error(503, "the broker could not take the command; retry later",
+                          order_id=order_id, command_id=command.command_id)
+    return None
+
+
+def _consume_result(task: asyncio.Future[None]) -> None:
+    with contextlib.suppress(BaseException):
+        task.result()  # reported by the awaiting handler; never "exception never retrieved"
+
+
+def _accepted(command: Command) -> web.Response:
+    order_id = command.snapshot.order_id
+    body = {"order_id": order_id, "saga_id": command.saga_id, "command_id": command.command_id}
+    return json_response(body, status=202, headers={"Location": f"/orders/{order_id}"})
+
+
+async def create_order(request: web.Request) -> web.Response:
+    """POST /orders — validate, publish an OrderCreate command; 202 with the new ids."""
+    body = await _json_body(request)
+    try:
+        order = parse_order_request(body)
+    except ContractError as exc:
+        return _invalid(exc)
+    command = new_order_command(order["user"], order["item"], order["quantity"],
+                                _model(request).orders.catalog, attributes=order["attributes"],
+                                price_cents=order["price_cents"])
+    failed = await _publish(request, command)
+    if failed is not None:
+        return failed
+    log.info("order submitted", order_id=command.snapshot.order_id, saga_id=command.saga_id)
+    return _accepted(command)
+
+
+def _wait_param(request: web.Request, limit: float) -> float | None:
+    raw = request.query.get("wait")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= limit:  # also rejects nan and inf
+        raise BadRequest(f"query parameter 'wait' must be a number of seconds greater than 0 "
+                         f"and at most {limit:g}, got {raw!r}")
+    return value
+
+
+async def get_order(request: web.Request) -> web.Response:
+    """GET /orders/{order_id}?wait=S — the order; with ``wait``, once terminal or S elapsed."""
+    order_id = request.match_info["order_id"]
+    wait = _wait_param(request, _settings(request).wait_max_s)
+    view = _model(request).orders
+    if wait is not None:
+        await view.wait_terminal(order_id, wait)
+    order = view.order(order_id)
+    if order is None:
+        return json_error(404, f"unknown order {order_id!r}", order_id=order_id)
+    return json_response(order)
+
+
+async def list_sagas(request: web.Request) -> web.Response:
+    """GET /sagas?status=&limit=&after= — saga summaries sorted by saga id, cursor-paginated."""
+    status = request.query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"query parameter 'status' must be one of {', '.join(STATUSES)}, "
+                         f"got {status!r}")
+    limit = int_param(request, "limit", 100, 1, MAX_PAGE)
+    after = request.query.get("after")
+    view = _model(request).orders
+    items, next_after = view.page(limit, after, status)
+    return json_response({"sagas": items, "count": len(items), "total": view.total(status),
+                          "next_after": next_after})
+
+
+async def get_catalog(request: web.Request) -> web.Response:
+    """GET /catalog — ``{item: {price_cents, stock}}`` with the stock as the events show it."""
+    return json_response(_model(request).orders.catalog_view())
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    """POST /orders/{order_id}/cancel — publish an OrderReject for the order's saga."""
+    require_admin(request)
+    order_id = request.match_info["order_id"]
+    body = await _json_body(request)
+    try:
+        reason = parse_cancel_request(body)
+    except ContractError as exc:
+        return _invalid(exc)
+    record = _model(request).orders.owner(order_id)
+    if record is None:
+        return json_error(404, f"unknown order {order_id!r}", order_id=order_id)
+    if record.status in (REJECTED, FAILED):
+        return json_error(409, f"order {order_id!r} is already {record.status}",
+                          order_id=order_id, saga_id=record.saga_id, order_status=record.status)
+    command = reject_command(order_id, record.saga_id, record.snapshot, reason, "api",
+                             step=record.next_step())
+    failed = await _publish(request, command)
+    if failed is not None:
+        return failed
+    log.info("order cancel requested", order_id=order_id, saga_id=record.saga_id, reason=reason)
+    return _accepted(command)
+
+
 def create_app(model: ReadModel, metrics: Metrics, health: Callable[[], dict[str, Any]],
-               client_max_size: int = 64 * 1024) -> web.Application:
+               client_max_size: int = 64 * 1024, *, bus: Bus | None = None,
+               settings: Settings | None = None) -> web.Application:
+    """The query API. Without ``bus`` the order submission routes answer 503."""
     app = web.Application(middlewares=[json_errors], client_max_size=client_max_size)
     app[READ_MODEL] = model
     app[METRICS] = metrics
     app[HEALTH] = health
+    if bus is not None:
+        app[BUS] = bus
+    if settings is not None:
+        app[SETTINGS] = settings
     app.router.add_get("/aggregates", list_aggregates)
     app.router.add_get("/aggregates/{user}", get_aggregate)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", get_health)
     app.router.add_get("/readyz", get_ready)
     app.router.add_get("/dlq", list_dead_letters)
+    app.router.add_post("/orders", create_order)
+    app.router.add_get("/orders/{order_id}", get_order)
+    app.router.add_post("/orders/{order_id}/cancel", cancel_order)
+    app.router.add_get("/sagas", list_sagas)
+    app.router.add_get("/catalog", get_catalog)
     return app
 
 
-__all__ = ["BadRequest", "create_app"]
+__all__ = ["BadRequest", "create_app", "require_admin"]

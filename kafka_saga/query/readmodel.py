@@ -10,8 +10,10 @@ from typing import Any
 from .. import logs
 from ..bus.client import Bus
 from ..bus.follow import TopicFollower
-from ..core.contracts import ContractError, UserAggregate
+from ..core.catalog import Catalog
+from ..core.contracts import ContractError, Event, UserAggregate
 from ..core.dead_letters import DeadLetter, read_dead_letter
+from .orders import OrdersView
 
 log = logs.get("query")
 
@@ -59,19 +61,34 @@ class DeadLetterView:
 
 
 class ReadModel:
-    """Follows ``orders.aggregates`` and ``orders.dlq`` into in-memory views."""
+    """Follows ``orders.aggregates``, ``orders.dlq`` and ``orders.events`` into in-memory views."""
 
-    def __init__(self, bus: Bus, dlq_recent: int = 200) -> None:
+    def __init__(self, bus: Bus, dlq_recent: int = 200, catalog: Catalog | None = None) -> None:
         self.bus = bus
         self.aggregates = AggregateView()
         self.dead_letters = DeadLetterView(dlq_recent)
+        self.orders = OrdersView(catalog)
+        self.malformed_events = 0  # undecodable records on orders.events (the aggregator DLQs them)
+        self.malformed_aggregates = 0
         self.aggregate_follower = TopicFollower(bus, bus.topics.aggregates, self._on_aggregate,
                                                 "query aggregates")
         self.dlq_follower = TopicFollower(bus, bus.topics.dlq, self._on_dead_letter, "query dlq")
+        self.events_follower = TopicFollower(bus, bus.topics.events, self._on_event, "query events")
 
     @property
     def ready(self) -> bool:
         return self.aggregate_follower.caught_up.is_set()
+
+    @property
+    def events_caught_up(self) -> bool:
+        return self.events_follower.caught_up.is_set()
+
+    def events_progress(self) -> dict[str, Any]:
+        """How far the orders view is: records read of the start-up target, counts."""
+        done, target = self.events_follower.progress()
+        return {"caught_up": self.events_caught_up, "read": done, "target": target,
+                "orders": len(self.orders), "sagas": self.orders.total(),
+                "malformed": self.malformed_events}
 
     async def _on_aggregate(self, record: Any) -> None:
         if record.value is None:  # tombstone: the user was deleted
@@ -81,15 +98,28 @@ class ReadModel:
         try:
             aggregate = UserAggregate.decode(record.value)
         except ContractError as exc:
-            await self.bus.producer.send_to_dlq(record, exc.reason, str(exc), "query")
-            await self.bus.producer.flush()
+            # Skipped here; the dlq role's audit (a consumer group, so exactly one copy)
+            # dead-letters it. Every query instance reads every record: it must not.
+            self.malformed_aggregates += 1
+            log.warning("malformed aggregate skipped", reason=exc.reason, partition=record.partition,
+                        offset=record.offset)
             return
         self.aggregates.put(aggregate)
 
     def _on_dead_letter(self, record: Any) -> None:
         self.dead_letters.add(read_dead_letter(record))
 
+    def _on_event(self, record: Any) -> None:
+        """Feed the orders view; malformed events are only counted (the aggregator DLQs them)."""
+        try:
+            event = Event.decode(record.value)
+        except ContractError:
+            self.malformed_events += 1
+            return
+        self.orders.apply(event)
+
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.aggregate_follower.run(stop))
             group.create_task(self.dlq_follower.run(stop))
+            group.create_task(self.events_follower.run(stop))

@@ -2,6 +2,10 @@
 
 Garbage written to the DLQ itself (no DLQ headers) is counted and logged, never
 re-published. Re-injection is a deliberate act: ``kafka-saga dlq replay``.
+
+It also audits ``orders.aggregates`` in a consumer group of its own: the query instances
+read that topic without a group (each needs all of it), so the one place that dead-letters
+a malformed aggregate exactly once is here.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 from .. import logs
 from ..bus.loop import Subscription, consume_workers
+from ..core.contracts import UserAggregate
 from ..core.dead_letters import DeadLetter, read_dead_letter
 from .base import Role
 
@@ -20,6 +25,14 @@ log = logs.get("dlq")
 
 def _raw(value: bytes | None) -> bytes | None:
     return value
+
+
+def _aggregate_or_tombstone(value: bytes | None) -> UserAggregate | None:
+    return None if value is None else UserAggregate.decode(value)
+
+
+async def _valid(_message: object, _record: object) -> None:
+    """Nothing to do with a valid aggregate: the loop dead-letters the ones that do not decode."""
 
 
 class DlqRole(Role):
@@ -48,9 +61,13 @@ class DlqRole(Role):
 
     async def run(self, stop: asyncio.Event) -> None:
         topics = self.ctx.bus.topics
-        sub = Subscription("dlq", (topics.dlq,), topics.group("dlq"), _raw, self.inspect,
-                           dead_letter=False)
-        await consume_workers(self.ctx.bus, sub, stop, self.ctx.options.workers)
+        reader = Subscription("dlq", (topics.dlq,), topics.group("dlq"), _raw, self.inspect,
+                              dead_letter=False)
+        audit = Subscription("dlq", (topics.aggregates,), topics.group("dlq.aggregates-audit"),
+                             _aggregate_or_tombstone, _valid)
+        async with asyncio.TaskGroup() as group:
+            for sub in (reader, audit):
+                group.create_task(consume_workers(self.ctx.bus, sub, stop, self.ctx.options.workers))
 
     def health(self) -> dict[str, Any]:
         return {"by_reason": dict(self.by_reason), "recent": len(self.recent)}

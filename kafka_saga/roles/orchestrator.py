@@ -90,7 +90,7 @@ class OrchestratorRole(Role):
             log.warning("reject for an unknown saga ignored", saga_id=command.saga_id,
                         order_id=command.snapshot.order_id, reason=reason)
             return
-        ending = saga.ending or saga.reject_request(reason, command.step)
+        ending = saga.ending or saga.reject_request(reason)
         if ending is None:
             log.info("reject ignored: saga already ended", saga_id=saga.saga_id,
                      order_id=saga.order_id, status=saga.status)

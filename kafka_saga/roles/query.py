@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..core.catalog import Catalog
 from ..query.app import create_app
 from ..query.readmodel import ReadModel
 from ..runtime.http import HttpServer
@@ -16,13 +17,15 @@ class QueryRole(Role):
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
-        self.model = ReadModel(ctx.bus, ctx.settings.dlq_recent)
+        self.catalog = Catalog.load(ctx.settings.catalog_path)
+        self.model = ReadModel(ctx.bus, ctx.settings.dlq_recent, self.catalog)
         self.server: HttpServer | None = None
         ctx.shared["read_model"] = self.model
 
     async def run(self, stop: asyncio.Event) -> None:
         health = self.ctx.shared.get("health", lambda: {})
-        app = create_app(self.model, self.ctx.metrics, health)
+        app = create_app(self.model, self.ctx.metrics, health, bus=self.ctx.bus,
+                         settings=self.ctx.settings)
         self.server = HttpServer(app, self.ctx.settings.query_host, self.ctx.settings.query_port, "query")
         await self.server.start()
         self.ctx.shared["query_url"] = f"http://{self.server.host}:{self.server.port}"
@@ -32,4 +35,5 @@ class QueryRole(Role):
             await self.server.stop()
 
     def health(self) -> dict[str, Any]:
-        return {"ready": self.model.ready, "users": len(self.model.aggregates)}
+        return {"ready": self.model.ready, "users": len(self.model.aggregates),
+                "orders": len(self.model.orders), "events_caught_up": self.model.events_caught_up}

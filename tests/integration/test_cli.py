@@ -196,11 +196,11 @@ def test_run_with_an_unknown_role_is_a_configuration_error(settings):
     assert "nonsense" in lines[0] and "aggregator" in lines[0]
 
 
-def test_run_with_only_unavailable_roles_has_nothing_to_run(settings):
-    proc = cli("run", "--roles", "tracker,demo", prefix=settings.topic_prefix,
+def test_run_with_an_empty_role_list_is_a_configuration_error(settings):
+    proc = cli("run", "--roles", "", prefix=settings.topic_prefix,
                bootstrap=settings.bootstrap_servers, timeout=60)
     assert proc.returncode == 2, output(proc)
-    assert "configuration error: no role to run" in proc.stderr
+    assert "configuration error: --roles is empty" in proc.stderr
 
 
 def put_dead_letters(settings, count: int) -> None:

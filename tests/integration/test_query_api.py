@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from kafka_saga.core.contracts import DLQ_HEADERS, UserAggregate
@@ -277,7 +276,7 @@ async def test_dlq_endpoint_lists_malformed_events_with_reason_and_origin(platfo
 
 async def test_malformed_aggregate_is_dead_lettered_with_headers_and_valid_ones_are_served(
         platform, settings, bus):
-    await platform.start("query")
+    await platform.start("dlq", "query")
     await produce_aggregates(settings, bus.topics.aggregates, [
         (b"alice", aggregate("alice", 1).encode()),
         (b"broken", b"{definitely not json"),
@@ -305,7 +304,7 @@ async def test_malformed_aggregate_is_dead_lettered_with_headers_and_valid_ones_
         assert headers["origin-topic"] == bus.topics.aggregates
         assert int(headers["origin-partition"]) == origin[key].partition
         assert int(headers["origin-offset"]) == origin[key].offset
-        assert headers["role"] == "query" and headers["retry-count"] == "0"
+        assert headers["role"] == "dlq" and headers["retry-count"] == "0"
         assert headers["published"].endswith("Z") and headers["error"]
         assert record.value == origin[key].value  # original bytes kept
     assert dict(by_key[b"broken"].headers)["reason"] == b"invalid_json"
@@ -317,23 +316,19 @@ async def test_malformed_aggregate_is_dead_lettered_with_headers_and_valid_ones_
         return reply.body if reply.body["count"] == 2 else None
 
     view = await eventually(listed, TIMEOUT, what="/dlq shows both")
-    assert {d["role"] for d in view["dead_letters"]} == {"query"}
+    assert {d["role"] for d in view["dead_letters"]} == {"dlq"}
     metrics = await call(platform, "/metrics")
     assert metrics.body["dlq"] == 2
     assert (await call(platform, "/aggregates/bob")).body["orders"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG kafka_saga/query/readmodel.py ReadModel._on_aggregate: the aggregates follower re-reads "
-    "orders.aggregates from the beginning on every start and dead-letters the same malformed "
-    "record again each time (one DLQ copy per query start/instance)"))
 async def test_restarting_the_query_role_does_not_dead_letter_a_record_twice(platform, settings, bus):
-    await platform.start("query")
+    await platform.start("dlq", "query")
     await produce_aggregates(settings, bus.topics.aggregates,
                              [(b"broken", b"{nope"), (b"ok", aggregate("ok").encode())])
     await asyncio.to_thread(read_all, settings.bootstrap_servers, bus.topics.dlq, 1)
     await platform.stop()
-    await platform.start("query")
+    await platform.start("dlq", "query")
     await eventually(lambda: served_total(platform, 1), TIMEOUT, what="query serving again")
     await asyncio.sleep(3.0)  # room for a second dead letter to be produced
     records = await asyncio.to_thread(read_all, settings.bootstrap_servers, bus.topics.dlq, 2, 5.0)

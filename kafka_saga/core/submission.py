@@ -1,0 +1,124 @@
+"""Order submission: validating a client's order request and building saga commands. Pure.
+
+Used by the query API (``POST /orders``, ``POST /orders/{id}/cancel``) and the CLI, so every
+entry point produces the same commands. Validation errors raise :class:`ContractError` with a
+short stable ``reason`` code and a message naming the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .catalog import Catalog
+from .contracts import MAX_MONEY, Command, CommandType, Snapshot, Step, new_id
+from .fields import ContractError, now_rfc3339
+
+MAX_ORDER_QUANTITY = 100
+MAX_TEXT = 128
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_KEY = 256
+MAX_ATTRIBUTE_VALUE = 1024
+MAX_REASON = 1024
+ORDER_FIELDS = ("user", "item", "quantity", "attributes", "price_cents")
+CANCEL_FIELDS = ("reason",)
+
+
+def _invalid(message: str, reason: str = "invalid_field") -> ContractError:
+    return ContractError(reason, message)
+
+
+def _object(body: Any, what: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if type(body) is not dict:
+        kind = "null" if body is None else type(body).__name__
+        raise _invalid(f"{what}: expected a JSON object, got {kind}", "wrong_shape")
+    unknown = sorted(k for k in body if k not in allowed)
+    if unknown:
+        raise _invalid(f"{what}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                       f"allowed: {', '.join(allowed)}", "unknown_field")
+    return body
+
+
+def _text(body: dict[str, Any], name: str, limit: int, what: str) -> str:
+    if name not in body:
+        raise _invalid(f"{what}.{name}: required field missing", "missing_field")
+    value = body[name]
+    if type(value) is not str:
+        kind = "null" if value is None else type(value).__name__
+        raise _invalid(f"{what}.{name}: expected a string, got {kind}")
+    if not value.strip():
+        raise _invalid(f"{what}.{name}: must not be empty")
+    if len(value) > limit:
+        raise _invalid(f"{what}.{name}: longer than {limit} characters")
+    return value
+
+
+def parse_order_request(body: Any) -> dict[str, Any]:
+    """Validate a ``POST /orders`` body; return ``{user, item, quantity, attributes, price_cents}``.
+
+    ``price_cents`` is ``None`` when the client did not give one (the catalog price applies).
+    """
+    what = "order"
+    body = _object(body, what, ORDER_FIELDS)
+    user = _text(body, "user", MAX_TEXT, what)
+    item = _text(body, "item", MAX_TEXT, what)
+    if "quantity" not in body:
+        raise _invalid(f"{what}.quantity: required field missing", "missing_field")
+    quantity = body["quantity"]
+    if type(quantity) is not int:  # excludes bool, float and numeric strings
+        raise _invalid(f"{what}.quantity: expected an integer, got {type(quantity).__name__}")
+    if not 1 <= quantity <= MAX_ORDER_QUANTITY:
+        raise _invalid(f"{what}.quantity: must be between 1 and {MAX_ORDER_QUANTITY}, got {quantity}")
+    attributes = body.get("attributes")
+    if attributes is None:
+        attributes = {}
+    elif type(attributes) is not dict:
+        raise _invalid(f"{what}.attributes: expected an object of strings, "
+                       f"got {type(attributes).__name__}")
+    elif len(attributes) > MAX_ATTRIBUTES:
+        raise _invalid(f"{what}.attributes: more than {MAX_ATTRIBUTES} entries")
+    for key, value in attributes.items():
+        if len(key) > MAX_ATTRIBUTE_KEY:
+            raise _invalid(f"{what}.attributes: key longer than {MAX_ATTRIBUTE_KEY} characters")
+        if type(value) is not str:
+            raise _invalid(f"{what}.attributes.{key}: expected a string, got {type(value).__name__}")
+        if len(value) > MAX_ATTRIBUTE_VALUE:
+            raise _invalid(f"{what}.attributes.{key}: longer than {MAX_ATTRIBUTE_VALUE} characters")
+    price = body.get("price_cents")
+    if price is not None:
+        if type(price) is not int:
+            raise _invalid(f"{what}.price_cents: expected an integer, got {type(price).__name__}")
+        if not 0 <= price <= MAX_MONEY:
+            raise _invalid(f"{what}.price_cents: must be between 0 and {MAX_MONEY}, got {price}")
+    return {"user": user, "item": item, "quantity": quantity, "attributes": dict(attributes),
+            "price_cents": price}
+
+
+def parse_cancel_request(body: Any) -> str:
+    """Validate a ``POST /orders/{id}/cancel`` body ``{"reason": str}``; return the reason."""
+    body = _object(body, "cancel", CANCEL_FIELDS)
+    return _text(body, "reason", MAX_REASON, "cancel")
+
+
+def new_order_command(user: str, item: str, quantity: int, catalog: Catalog,
+                      attributes: dict[str, str] | None = None, price_cents: int | None = None,
+                      order_id: str | None = None, saga_id: str | None = None) -> Command:
+    """The ``OrderCreate`` command starting a new saga (fresh ids unless given)."""
+    if price_cents is None:
+        price_cents = catalog.price(item, quantity) or 0
+    snapshot = Snapshot(order_id=order_id or new_id(), user=user, item=item, quantity=quantity,
+                        price_cents=price_cents, attributes=dict(attributes or {}))
+    return Command(command_id=new_id(), saga_id=saga_id or new_id(), type=CommandType.ORDER_CREATE,
+                   snapshot=snapshot, step=Step.VALIDATION, issued_at=now_rfc3339())
+
+
+def reject_command(order_id: str, saga_id: str, snapshot: Snapshot, reason: str,
+                   source: str, step: Step = Step.VALIDATION) -> Command:
+    """The ``OrderReject`` command asking the orchestrator to cancel the saga ``saga_id``."""
+    if snapshot.order_id != order_id:
+        raise _invalid(f"reject: snapshot is of order {snapshot.order_id!r}, not {order_id!r}")
+    return Command(command_id=new_id(), saga_id=saga_id, type=CommandType.ORDER_REJECT,
+                   snapshot=snapshot, step=step, issued_at=now_rfc3339(),
+                   metadata={"reason": reason, "source": source})
+
+
+__all__ = ["new_order_command", "parse_cancel_request", "parse_order_request", "reject_command"]
