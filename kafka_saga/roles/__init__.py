@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .aggregator import AggregatorRole
 from .base import Role, RoleContext
+from .demo import DemoRole
 from .dlq import DlqRole
 from .orchestrator import OrchestratorRole
 from .query import QueryRole
@@ -11,6 +12,7 @@ from .tracker import TrackerRole
 
 ROLES: dict[str, type[Role]] = {
     AggregatorRole.name: AggregatorRole,
+    DemoRole.name: DemoRole,
     DlqRole.name: DlqRole,
     OrchestratorRole.name: OrchestratorRole,
     QueryRole.name: QueryRole,

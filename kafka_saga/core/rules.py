@@ -1,0 +1,242 @@
+"""The tracker's validation rules over ``orders.events``. Pure, no I/O.
+
+:class:`TrackerRules` holds the state of **one partition** of ``orders.events`` (events are
+keyed by ``order_id``, so every event of an order, and of each of its sagas, is on one
+partition). ``observe(event)`` returns the rules the event breaks *for the first time*:
+
+* ``price_integrity`` (reason ``price_mismatch``): ``snapshot.price_cents`` must equal
+  ``catalog.price(item, quantity)``. Checked on every event carrying the snapshot, so a
+  mismatch first seen at Finalize (e.g. the tracker was down at creation) still fires.
+  Unknown items are left to the Validation step.
+* ``duplicate_order`` (reason ``duplicate_order``): the first saga seen for an order_id
+  owns it; any other saga of the same order_id breaks the rule.
+* ``velocity`` (reason ``velocity_exceeded``, off unless a limit > 0): the order is one of
+  more than ``limit`` orders created by one user within ``window_s`` (60) seconds of event
+  time (``occurred_at``); checked when the tracker first sees the saga's ``OrderCreated``.
+  Of ``limit + k`` orders created within 60 s, the ``k`` seen last are rejected, whatever
+  the order in which their events arrive.
+  Users are not partition-local, so :class:`VelocityWindow` can be shared by the rule sets
+  of all the partitions one process owns (it is exact only when one process owns every
+  partition; otherwise each process counts the orders on its own partitions).
+
+Idempotence: each (saga, rule) fires at most once — redeliveries and replays of the same
+events return nothing new — and nothing fires for a saga that has ended rejected or failed
+(``OrderRejected``/``OrderFailed``, or an ``OrderCompensated`` announcing that outcome).
+Observing the same sequence of events always builds the same state, so a tracker rebuilds
+it by observing the partition's history silently before handling new records.
+
+Memory: at most ``max_sagas`` sagas per partition are remembered (first seen, first
+forgotten), with their order's owner; a forgotten saga could fire again and a duplicate of
+a forgotten owner becomes the owner. :class:`VelocityWindow` keeps two windows of event
+time per user (so late events count right), at most ``max_users`` users (least recently
+active forgotten first) and ``max_per_user`` orders per user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .catalog import Catalog
+from .contracts import Command, CommandType, Event, EventType
+
+PRICE, DUPLICATE, VELOCITY = "price_integrity", "duplicate_order", "velocity"
+REASONS = {PRICE: "price_mismatch", DUPLICATE: "duplicate_order", VELOCITY: "velocity_exceeded"}
+DEFAULT_MAX_SAGAS = 50_000
+VELOCITY_WINDOW_S = 60.0
+MAX_COMMAND_ID = 128  # Command.command_id max_len
+ENDED = ("rejected", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A rule broken by a saga, noticed on ``event``."""
+
+    saga_id: str
+    rule: str
+    reason: str
+    event: Event
+    detail: str = ""
+
+    @property
+    def order_id(self) -> str:
+        return self.event.snapshot.order_id
+
+    @property
+    def command_id(self) -> str:
+        return reject_command_id(self.rule, self.saga_id)
+
+
+def reject_command_id(rule: str, saga_id: str) -> str:
+    """``tracker:{rule}:{saga_id}``: deterministic, so a re-publication is recognisable.
+
+    A saga id too long for a command id (over 128 characters in all) is replaced by its
+    SHA-256 digest, which is just as deterministic.
+    """
+    command_id = f"tracker:{rule}:{saga_id}"
+    if len(command_id) <= MAX_COMMAND_ID:
+        return command_id
+    return f"tracker:{rule}:sha256:{hashlib.sha256(saga_id.encode()).hexdigest()}"
+
+
+def reject_command(violation: Violation) -> Command:
+    """The ``OrderReject`` command asking the orchestrator to reject the offending saga."""
+    event = violation.event
+    return Command(
+        command_id=violation.command_id,
+        saga_id=violation.saga_id,
+        type=CommandType.ORDER_REJECT,
+        snapshot=event.snapshot,
+        step=event.step,
+        metadata={"reason": violation.reason, "source": "tracker", "rule": violation.rule},
+    )
+
+
+def event_seconds(occurred_at: str) -> float | None:
+    """``occurred_at`` (RFC 3339, validated by the contract) as POSIX seconds, or None."""
+    try:
+        return datetime.fromisoformat(occurred_at).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(slots=True)
+class VelocityWindow:
+    """Orders created per user by event time; may be shared by several partitions' rules."""
+
+    limit: int
+    window_s: float = VELOCITY_WINDOW_S
+    max_users: int = 100_000
+    max_per_user: int = 1_000
+    # user -> saga_id -> (occurred_at seconds, partition)
+    users: OrderedDict[str, dict[str, tuple[float, int]]] = field(default_factory=OrderedDict)
+
+    def add(self, user: str, saga_id: str, at: float, partition: int = 0) -> int:
+        """Record one creation (idempotent per saga); return the size of the busiest burst it
+        belongs to: the most creations seen so far within one window (``last - first <
+        window_s``) that contains ``at``. Independent of arrival order once all are seen."""
+        entries = self.users.get(user)
+        if entries is None:
+            entries = self.users[user] = {}
+            if len(self.users) > self.max_users:
+                self.users.popitem(last=False)
+        else:
+            self.users.move_to_end(user)
+        entries.setdefault(saga_id, (at, partition))
+        # keep two windows behind the newest, so an event up to one window late counts right
+        horizon = max(t for t, _ in entries.values()) - 2 * self.window_s
+        for key in [k for k, (t, _) in entries.items() if t <= horizon]:
+            del entries[key]
+        while len(entries) > self.max_per_user:
+            del entries[next(iter(entries))]
+        times = sorted(t for t, _ in entries.values() if abs(t - at) < self.window_s)
+        return max((bisect_left(times, start + self.window_s) - i
+                    for i, start in enumerate(times) if start <= at), default=0)
+
+    def forget(self, partition: int) -> None:
+        """Drop what one partition contributed (revoked, or about to be rebuilt)."""
+        for user in list(self.users):
+            entries = self.users[user]
+            for key in [k for k, (_, p) in entries.items() if p == partition]:
+                del entries[key]
+            if not entries:
+                del self.users[user]
+
+
+@dataclass(slots=True)
+class _Saga:
+    order_id: str
+    fired: set[str] = field(default_factory=set)
+    ended: bool = False
+    counted: bool = False
+
+
+class TrackerRules:
+    """The rules' state for one partition of ``orders.events``."""
+
+    def __init__(self, catalog: Catalog, velocity_limit: int = 0, *, partition: int = 0,
+                 window: VelocityWindow | None = None,
+                 max_sagas: int = DEFAULT_MAX_SAGAS) -> None:
+        if window is None and velocity_limit > 0:
+            window = VelocityWindow(velocity_limit)
+        self.catalog = catalog
+        self.partition = partition
+        self.window = window if window is not None and window.limit > 0 else None
+        self.max_sagas = max(1, max_sagas)
+        self._sagas: OrderedDict[str, _Saga] = OrderedDict()
+        self._owners: dict[str, str] = {}
+        self.fired_total = 0
+
+    def __len__(self) -> int:
+        return len(self._sagas)
+
+    def owner(self, order_id: str) -> str | None:
+        return self._owners.get(order_id)
+
+    def fired(self, saga_id: str) -> frozenset[str]:
+        saga = self._sagas.get(saga_id)
+        return frozenset(saga.fired) if saga else frozenset()
+
+    def ended(self, saga_id: str) -> bool:
+        saga = self._sagas.get(saga_id)
+        return bool(saga and saga.ended)
+
+    def observe(self, event: Event) -> list[Violation]:
+        """Apply one event; return the violations it reveals that have not fired before."""
+        saga = self._saga(event)
+        kind = event.type
+        if kind in (EventType.ORDER_REJECTED, EventType.ORDER_FAILED) or (
+                kind is EventType.ORDER_COMPENSATED and event.metadata.get("outcome") in ENDED):
+            saga.ended = True
+            return []
+        count = 0
+        if kind is EventType.ORDER_CREATED and self.window is not None and not saga.counted:
+            at = event_seconds(event.occurred_at)
+            if at is not None:
+                saga.counted = True
+                count = self.window.add(event.snapshot.user, event.saga_id, at, self.partition)
+        if saga.ended:
+            return []
+        found = [*self._check(event), *self._velocity(event, count)]
+        violations = []
+        for rule, detail in found:
+            if rule in saga.fired:
+                continue
+            saga.fired.add(rule)
+            self.fired_total += 1
+            violations.append(Violation(event.saga_id, rule, REASONS[rule], event, detail))
+        return violations
+
+    def _check(self, event: Event) -> list[tuple[str, str]]:
+        snap = event.snapshot
+        found = []
+        owner = self._owners.get(snap.order_id)
+        if owner is not None and owner != event.saga_id:
+            found.append((DUPLICATE, f"order {snap.order_id} belongs to saga {owner}"))
+        expected = self.catalog.price(snap.item, snap.quantity)
+        if expected is not None and snap.price_cents != expected:
+            found.append((PRICE, f"price_cents {snap.price_cents} != catalog {expected} "
+                                 f"({snap.quantity} x {snap.item})"))
+        return found
+
+    def _velocity(self, event: Event, count: int) -> list[tuple[str, str]]:
+        if self.window is None or count <= self.window.limit:
+            return []
+        return [(VELOCITY, f"{count} orders by {event.snapshot.user} within "
+                           f"{self.window.window_s:g}s (limit {self.window.limit})")]
+
+    def _saga(self, event: Event) -> _Saga:
+        saga = self._sagas.get(event.saga_id)
+        if saga is not None:
+            return saga
+        order_id = event.snapshot.order_id
+        saga = self._sagas[event.saga_id] = _Saga(order_id)
+        self._owners.setdefault(order_id, event.saga_id)
+        while len(self._sagas) > self.max_sagas:
+            old_id, old = self._sagas.popitem(last=False)
+            if self._owners.get(old.order_id) == old_id:
+                del self._owners[old.order_id]
+        return saga
