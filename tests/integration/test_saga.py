@@ -153,3 +153,58 @@ async def test_reject_stops_a_pending_saga(platform, bus, settings):
     events = found[slow.snapshot.order_id]
     assert events[-1].type.value == "OrderRejected"
     assert sum(1 for e in events if e.type.value in ("OrderRejected", "OrderFailed")) == 1
+
+
+async def test_tracker_rejects_a_wrong_price_and_a_duplicate_order(platform, bus):
+    await platform.start("orchestrator", "tracker")
+    cheap = order(item="mocha", quantity=2, price=1)
+    first = order(user="client03")
+    duplicate = Command(new_id(), new_id(), CommandType.ORDER_CREATE, first.snapshot)
+    await submit(bus, cheap, first)
+    await wait_terminal(bus, first)
+    await submit(bus, duplicate)
+
+    async def settled():
+        found = await events_by_order(bus)
+        cheap_events = found.get(cheap.snapshot.order_id, [])
+        dup = [e for e in found.get(first.snapshot.order_id, []) if e.saga_id == duplicate.saga_id]
+        if cheap_events and cheap_events[-1].type.value == "OrderRejected" and dup and \
+                dup[-1].type.value == "OrderRejected":
+            return found
+        return None
+
+    found = await eventually(settled, timeout=60, what="tracker rejections")
+    assert found[cheap.snapshot.order_id][-1].error_message == "price_mismatch"
+    dup_events = [e for e in found[first.snapshot.order_id] if e.saga_id == duplicate.saga_id]
+    assert dup_events[-1].error_message == "duplicate_order"
+    kept = [e for e in found[first.snapshot.order_id] if e.saga_id == first.saga_id]
+    assert trail(kept) == APPROVED_TRAIL  # the first saga owns the order and stays approved
+
+
+async def test_a_price_mismatch_noticed_after_approval_moves_the_order_to_rejected(platform, bus):
+    await platform.start("orchestrator", "aggregator", "query")
+    cheap = order(user="client09", item="latte", quantity=1, price=5)
+    await submit(bus, cheap)
+    await wait_terminal(bus, cheap)
+    status, body = await platform.get("/aggregates/client09")
+    for _ in range(100):
+        if status == 200 and body["approved"] == 1:
+            break
+        await asyncio.sleep(0.2)
+        status, body = await platform.get("/aggregates/client09")
+    assert body["approved"] == 1 and body["spent_cents"] == 5
+    # the tracker was not running: it starts late, reads the log and still catches it
+    await platform.stop()
+    await platform.start("orchestrator", "tracker", "aggregator", "query")
+
+    async def moved():
+        code, agg = await platform.get("/aggregates/client09")
+        return agg if code == 200 and agg["rejected"] == 1 else None
+
+    agg = await eventually(moved, timeout=60, what="approved -> rejected in the aggregates")
+    assert agg["approved"] == 0 and agg["spent_cents"] == 0 and agg["status"] == "rejected"
+    events = (await events_by_order(bus))[cheap.snapshot.order_id]
+    assert trail(events)[-3:] == ["OrderCompensated:Inventory", "OrderCompensated:Payment",
+                                  "OrderRejected:Finalize"]
+    code, view = await platform.get(f"/orders/{cheap.snapshot.order_id}")
+    assert code == 200 and view["status"] == "rejected" and view["reason"] == "price_mismatch"
