@@ -208,3 +208,37 @@ async def test_a_price_mismatch_noticed_after_approval_moves_the_order_to_reject
                                   "OrderRejected:Finalize"]
     code, view = await platform.get(f"/orders/{cheap.snapshot.order_id}")
     assert code == 200 and view["status"] == "rejected" and view["reason"] == "price_mismatch"
+
+
+async def test_step_deadline_counts_as_a_transient_failure(platform, bus, settings):
+    from dataclasses import replace
+
+    platform.settings = replace(settings, payment_timeout_s=0.2, payment_max_retries=2)
+    await platform.start("orchestrator")
+    slow = order(payment_delay_ms="1000")
+    await submit(bus, slow)
+    found = await wait_terminal(bus, slow)
+    events = found[slow.snapshot.order_id]
+    assert trail(events)[-1] == "OrderFailed:Payment"
+    assert events[-1].retry_count == 2
+    assert "no answer within" in events[-1].error_message
+
+
+async def test_stock_survives_a_restart(platform, bus):
+    await platform.start("orchestrator")
+    first = order(item="limited-edition", quantity=3)  # the catalog ships 5 of them
+    await submit(bus, first)
+    found = await wait_terminal(bus, first)
+    assert trail(found[first.snapshot.order_id])[-1] == "OrderApproved:Finalize"
+    await platform.stop()
+    await platform.start("orchestrator")
+    second = order(item="limited-edition", quantity=3)
+    third = order(item="limited-edition", quantity=2)
+    await submit(bus, second)
+    found = await wait_terminal(bus, second)
+    events = found[second.snapshot.order_id]
+    assert trail(events)[-2:] == ["OrderCompensated:Payment", "OrderRejected:Inventory"]
+    assert "insufficient stock" in events[-1].error_message
+    await submit(bus, third)  # exactly the 2 left
+    found = await wait_terminal(bus, third)
+    assert trail(found[third.snapshot.order_id])[-1] == "OrderApproved:Finalize"
