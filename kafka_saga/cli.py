@@ -1,4 +1,7 @@
-"""Command line: ``kafka-saga run | broker | topics | dlq | replay`` (also ``python -m kafka_saga``)."""
+"""Command line: ``kafka-saga run | broker | topics | submit | cancel | dlq | replay``.
+
+Also ``python -m kafka_saga``.
+"""
 
 from __future__ import annotations
 
@@ -324,9 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings_env = Settings.from_env() if args.command else None
-    logs.configure(settings_env.log_level if settings_env else "info",
-                   settings_env.log_format if settings_env else "auto")
+    try:
+        settings_env = Settings.from_env()
+    except ConfigError as exc:
+        print(f"kafka-saga: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings_env.log_level, settings_env.log_format)
     if args.command == "dlq" and args.action == "replay" and not (args.offset or args.all):
         print("kafka-saga dlq replay: give --offset P:O or --all", file=sys.stderr)
         return 2

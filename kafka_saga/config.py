@@ -1,4 +1,4 @@
-"""Settings from the environment (the seed's variable names) and the YAML role list."""
+"""Settings from the environment (KAFKA_BOOTSTRAP_SERVERS, QUERY_API_PORT, …) and the YAML role list."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class Producer:
             listeners=[_BreakerLog(metrics)], name="producer",
         )
         self._pending: list[_Outgoing] = []
-        self._flush_lock = asyncio.Lock()
+        self._last: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         await self.kafka.start()
@@ -114,11 +114,30 @@ class Producer:
         await self.send(self.dlq_topic, record.value, record.key, headers)
 
     async def flush(self) -> None:
-        """Wait until every enqueued record is acknowledged (retrying behind the breaker)."""
-        async with self._flush_lock:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._deliver_with_retries(batch)
+        """Wait until every record enqueued so far is acknowledged (retrying behind the breaker).
+
+        Each call hands the records pending now to a delivery that starts at once but
+        completes only after the delivery before it (a chain), so waiting for the newest
+        delivery means everything sent before this call is durable — for any caller, in
+        O(1), without serialising the deliveries themselves.
+        """
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._last = asyncio.ensure_future(self._deliver_after(self._last, batch))
+        last = self._last
+        if last is None:
+            return
+        try:
+            await asyncio.shield(last)
+        except Exception:
+            if self._last is last:
+                self._last = None  # reported once to every waiter; later deliveries start afresh
+            raise
+
+    async def _deliver_after(self, previous: asyncio.Future[None] | None, batch: list[_Outgoing]) -> None:
+        await self._deliver_with_retries(batch)
+        if previous is not None:
+            await previous
 
     async def _deliver_with_retries(self, batch: list[_Outgoing]) -> None:
         @backoff.on_exception(

@@ -17,7 +17,7 @@ from .contracts import InventoryRequest
 class Decision:
     approved: bool
     reason: str
-    changed: bool  # False for a duplicate request (same answer, nothing moved)
+    changed: bool  # True only when stock moved (a refusal or a duplicate moves nothing)
 
 
 class InventoryLedger:
@@ -26,6 +26,7 @@ class InventoryLedger:
         self.available: dict[str, int] = {}
         self.reserved: dict[str, tuple[str, int]] = {}  # saga_id -> (item, quantity)
         self.released: set[str] = set()
+        self.refused: dict[str, str] = {}  # saga_id -> reason: a repeat gets the same answer
 
     def stock(self, item: str) -> int:
         if item not in self.available:
@@ -35,14 +36,22 @@ class InventoryLedger:
     def apply(self, request: InventoryRequest) -> Decision:
         saga = request.saga_id
         if request.action == "reserve":
+            if saga in self.released:
+                return Decision(False, "already released", False)
             if saga in self.reserved:
-                return Decision(saga not in self.released, "already reserved", False)
+                return Decision(True, "already reserved", False)
+            if saga in self.refused:
+                return Decision(False, self.refused[saga], False)
+            stock = self.stock(request.item) if request.item in self.catalog else 0
             if request.item not in self.catalog:
-                return Decision(False, f"unknown item {request.item!r}", False)
-            stock = self.stock(request.item)
-            if request.quantity > stock:
-                return Decision(False, f"insufficient stock: {stock} left, {request.quantity} asked",
-                                False)
+                reason = f"unknown item {request.item!r}"
+            elif request.quantity > stock:
+                reason = f"insufficient stock: {stock} left, {request.quantity} asked"
+            else:
+                reason = ""
+            if reason:
+                self.refused[saga] = reason
+                return Decision(False, reason, False)
             self.available[request.item] = stock - request.quantity
             self.reserved[saga] = (request.item, request.quantity)
             return Decision(True, "reserved", True)

@@ -101,9 +101,11 @@ class Saga:
                 return False
             self.compensated.append(step)
             if self.ending is None and event.metadata.get("outcome") in (REJECTED, FAILED):
-                self.ending = Ending(event.metadata["outcome"],
-                                     Step(event.metadata.get("ending_step", step)),
-                                     event.error_message)
+                try:
+                    ending_step = Step(event.metadata.get("ending_step", step))
+                except ValueError:
+                    ending_step = step
+                self.ending = Ending(event.metadata["outcome"], ending_step, event.error_message)
             return True
         if kind in (EventType.ORDER_REJECTED, EventType.ORDER_FAILED):
             outcome = REJECTED if kind is EventType.ORDER_REJECTED else FAILED

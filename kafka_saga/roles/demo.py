@@ -1,4 +1,4 @@
-"""demo: the seed's order generator — steady OrderCreate commands for ``make run``.
+"""demo: the order generator — steady OrderCreate commands for ``make run``.
 
 Templates cycle through users ``client01``… and drinks (espresso, cappuccino, latte…);
 a few orders carry attributes that exercise every saga path (a declined payment, transient

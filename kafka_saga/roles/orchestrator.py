@@ -165,7 +165,7 @@ class OrchestratorRole(Role):
 
     async def reserve(self, saga: Saga) -> None:
         settings = self.ctx.settings
-        if not saga.snapshot.inventory_available:
+        if not saga.snapshot.inventory_available or saga.snapshot.attributes.get("inventory") == "unavailable":
             await self.finish(saga, Ending(REJECTED, Step.INVENTORY, "inventory unavailable"))
             return
         snap = saga.snapshot
@@ -258,14 +258,15 @@ class OrchestratorRole(Role):
         def apply(record: Any) -> None:
             try:
                 event = Event.decode(record.value)
-            except ValueError:
-                return
-            saga = restored.get(event.saga_id)
-            if saga is None:
-                restored[event.saga_id] = Saga.from_event(event)
-                owner[event.saga_id] = record.partition
-            else:
-                saga.apply(event)
+                saga = restored.get(event.saga_id)
+                if saga is None:
+                    restored[event.saga_id] = Saga.from_event(event)
+                    owner[event.saga_id] = record.partition
+                else:
+                    saga.apply(event)
+            except ValueError as exc:  # one bad record must not stop the restore of the others
+                log.warning("event skipped during restore", partition=record.partition,
+                            offset=record.offset, error=str(exc)[:200])
 
         owner: dict[str, int] = {}
         await read_topic(self.bus, self.bus.topics.events, apply, partitions=partitions)

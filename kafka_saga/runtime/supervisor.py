@@ -68,10 +68,10 @@ class Supervisor:
         delay = self.first_backoff_s
         metrics = ctx.bus.metrics
         while not stop.is_set():
-            role = self.current[name] = self.classes[name](ctx)
             metrics.role_state[name] = "running"
             started = time.monotonic()
             try:
+                role = self.current[name] = self.classes[name](ctx)
                 await role.run(stop)
                 if stop.is_set():
                     break
