@@ -43,7 +43,10 @@ class Subscription:
     on_assigned: Callable[[AIOKafkaConsumer, dict[TopicPartition, int]], Awaitable[None]] | None = None
     on_revoked: Callable[[set[TopicPartition]], Awaitable[None]] | None = None
     consumer_options: dict[str, Any] = field(default_factory=dict)
-    dead_letter: bool = True  # False only for the DLQ's own reader: never re-publish garbage
+    # Whether this subscription dead-letters what it cannot read. Exactly one group per topic
+    # does (so a bad record lands in the DLQ once); the others, and the DLQ's own reader
+    # (never re-publish garbage), count and skip it.
+    dead_letter: bool = True
     # Event-sourced state: when set, each assigned partition is re-read from its beginning and
     # records below the committed offset go to ``restore`` (rebuild state, no side effects);
     # the rest go to ``handle`` as usual.
@@ -176,7 +179,7 @@ class _Runner(ConsumerRebalanceListener):
         if self.sub.dead_letter:
             await self.bus.producer.send_to_dlq(record, reason, error, self.sub.role)
         else:
-            self.bus.metrics.dlq_garbage.inc()
+            self.bus.metrics.skipped.labels(role=self.sub.role, reason=reason).inc()
             self.log.warning("unreadable record skipped", reason=reason, error=error[:300],
                              topic=record.topic, partition=record.partition, offset=record.offset)
 

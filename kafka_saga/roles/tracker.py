@@ -115,7 +115,10 @@ class TrackerRole(Role):
         topics = self.ctx.bus.topics
         return Subscription("tracker", (topics.events,), topics.group("tracker"), Event.decode,
                             self.handle, on_assigned=self.assigned, on_revoked=self.revoked,
-                            restore=self.restore)
+                            restore=self.restore,
+                            # the aggregator's re-key stage owns dead-lettering orders.events:
+                            # one DLQ copy per bad record, not one per consuming role
+                            dead_letter=False)
 
     async def run(self, stop: asyncio.Event) -> None:
         await consume_workers(self.ctx.bus, self.subscription(), stop, self.ctx.options.workers)

@@ -46,6 +46,8 @@ class Metrics:
         self.dlq_garbage = Counter(
             "kafka_saga_dlq_garbage", "Records on the DLQ without DLQ headers (never re-published)",
             registry=r)
+        self.skipped = Counter("kafka_saga_skipped", "Unreadable records skipped (dead-lettered by "
+                               "another group)", ["role", "reason"], registry=r)
         self.errors = Counter("kafka_saga_handler_errors", "Handler errors", ["role"], registry=r)
         self.restarts = Counter("kafka_saga_role_restarts", "Role restarts", ["role"], registry=r)
         self.breaker = Gauge(
@@ -105,6 +107,7 @@ class Metrics:
             "dlq_by_reason": dlq_by_reason,
             "dlq_read": self._total(self.dlq_read),
             "dlq_garbage": self._total(self.dlq_garbage),
+            "skipped": self._total(self.skipped),
             "handler_errors": self._total(self.errors),
             "role_restarts": self._total(self.restarts),
             "breaker_open": self.breaker_state == "open",
