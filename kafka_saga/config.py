@@ -105,6 +105,7 @@ class Settings:
     inventory_max_tries: int = 3
     finished_sagas_max: int = 200_000
     wait_max_s: float = 30.0
+    broker_watch_s: float = 5.0
     demo_rate: float = 5.0
     demo_count: int = 0
     log_level: str = "info"
@@ -162,6 +163,7 @@ class Settings:
             inventory_max_tries=_int(env, "INVENTORY_MAX_TRIES", 3),  # type: ignore[arg-type]
             finished_sagas_max=_int(env, "KAFKA_SAGA_FINISHED_SAGAS_MAX", 200_000),  # type: ignore[arg-type]
             wait_max_s=_float(env, "QUERY_WAIT_MAX_S", 30.0),
+            broker_watch_s=_float(env, "KAFKA_SAGA_BROKER_WATCH_S", 5.0),
             demo_rate=_float(env, "DEMO_RATE", 5.0),
             demo_count=_int(env, "DEMO_COUNT", 0),  # type: ignore[arg-type]
             log_level=env.get("LOG_LEVEL", "info").lower(),

@@ -48,6 +48,9 @@ class Metrics:
             registry=r)
         self.skipped = Counter("kafka_saga_skipped", "Unreadable records skipped (dead-lettered by "
                                "another group)", ["role", "reason"], registry=r)
+        self.broker_resets = Counter("kafka_saga_broker_resets",
+                                     "Times the broker was found without our topics (data lost)",
+                                     registry=r)
         self.errors = Counter("kafka_saga_handler_errors", "Handler errors", ["role"], registry=r)
         self.restarts = Counter("kafka_saga_role_restarts", "Role restarts", ["role"], registry=r)
         self.breaker = Gauge(
@@ -108,6 +111,7 @@ class Metrics:
             "dlq_read": self._total(self.dlq_read),
             "dlq_garbage": self._total(self.dlq_garbage),
             "skipped": self._total(self.skipped),
+            "broker_resets": self._total(self.broker_resets),
             "handler_errors": self._total(self.errors),
             "role_restarts": self._total(self.restarts),
             "breaker_open": self.breaker_state == "open",

@@ -13,17 +13,18 @@ from ..bus.client import Bus
 from ..bus.embedded import EmbeddedBroker, free_port, port_is_free
 from ..config import Settings
 from ..roles.base import RoleContext
+from .broker_watch import BrokerWatch
 from .supervisor import Supervisor
 
 log = logs.get("runtime")
 
 
 @contextlib.asynccontextmanager
-async def broker_for(settings: Settings) -> AsyncIterator[str]:
-    """Yield a bootstrap address: the configured broker, or an embedded one started here."""
+async def broker_for(settings: Settings) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
+    """Yield a bootstrap address (and the embedded broker when one was started here)."""
     if settings.bootstrap_servers:
         log.info("using external Kafka broker", bootstrap=settings.bootstrap_servers)
-        yield settings.bootstrap_servers
+        yield settings.bootstrap_servers, None
         return
     port = settings.embedded_port if port_is_free(settings.embedded_port) else free_port()
     broker = EmbeddedBroker(port)
@@ -31,7 +32,7 @@ async def broker_for(settings: Settings) -> AsyncIterator[str]:
     log.info("using embedded Tansu broker (memory-only: data is lost when it stops)",
              bootstrap=broker.bootstrap, pid=broker.process.pid if broker.process else None)
     try:
-        yield broker.bootstrap
+        yield broker.bootstrap, broker
     finally:
         broker.stop()
 
@@ -46,6 +47,11 @@ class Platform:
         self.bus: Bus | None = None
         self.shared: dict[str, object] = {}
         self._stop_requested = asyncio.Event()
+        self._exit_code = 0
+
+    def _fatal(self, code: int) -> None:
+        self._exit_code = code
+        self.request_stop()
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -53,7 +59,7 @@ class Platform:
             self.supervisor.request_stop()
 
     async def run(self, on_ready: Callable[[Platform], None] | None = None) -> int:
-        async with broker_for(self.settings) as bootstrap:
+        async with broker_for(self.settings) as (bootstrap, embedded):
             self.settings = replace(self.settings, bootstrap_servers=bootstrap)
             bus = self.bus = Bus(self.settings, bootstrap)
             await bus.ensure_topics()
@@ -71,7 +77,15 @@ class Platform:
                     self.supervisor.request_stop()
                 if on_ready:
                     on_ready(self)
-                code = await self.supervisor.run()
+                watch_stop = asyncio.Event()
+                watch = asyncio.create_task(BrokerWatch(
+                    bus, embedded, self._fatal, self.settings.broker_watch_s).run(watch_stop))
+                try:
+                    code = await self.supervisor.run()
+                finally:
+                    watch_stop.set()
+                    await asyncio.gather(watch, return_exceptions=True)
+                code = code or self._exit_code
             finally:
                 await bus.stop()  # flush the shared producer last
             log.info("runtime stopped", exit_code=code)
