@@ -289,6 +289,9 @@ class OrchestratorRole(Role):
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
             self._forget(saga_id)
+        # what the stopped runners already sent must be durable before the next owner
+        # restores these sagas from orders.events, or it would redo those steps
+        await self.bus.producer.flush()
 
     async def sweep(self, stop: asyncio.Event) -> None:
         """Restart unfinished sagas that lost their task (a step crashed)."""
