@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 ROLES  ?= all
 
-.PHONY: install run test test-unit topics replay dlq broker lint clean
+.PHONY: install run test test-unit chaos bench topics replay dlq broker lint clean
 
 $(BIN)/kafka-saga: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: install  ## the whole test suite, on the real embedded broker
 
 test-unit: install  ## pure unit tests only (no broker)
 	$(PY) -m pytest -q tests/unit
+
+chaos: install  ## faults, bad input, load and shutdown scenarios, with their figures (-s)
+	$(PY) -m pytest -q -s -m chaos tests/chaos
+
+bench: install  ## benchmarks against the embedded broker; writes bench-report.json
+	$(PY) scripts/bench.py
 
 topics: install  ## create the topics on $$KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092)
 	$(BIN)/kafka-saga topics create

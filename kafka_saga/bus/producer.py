@@ -142,7 +142,7 @@ class Producer:
     async def _deliver_with_retries(self, batch: list[_Outgoing]) -> None:
         @backoff.on_exception(
             backoff.expo, Exception, max_time=self.retry_max_s, max_value=5,
-            giveup=_permanent, on_backoff=self._on_backoff, raise_on_giveup=True,
+            giveup=_permanent, on_backoff=self._on_backoff, raise_on_giveup=True, logger=None,
         )
         async def attempt() -> None:
             await self.breaker.call_async(self._deliver, batch)

@@ -142,7 +142,7 @@ class OrchestratorRole(Role):
 
         @backoff.on_exception(backoff.expo, (TransientPaymentError, TimeoutError),
                               max_tries=settings.payment_max_retries + 1,
-                              factor=settings.payment_backoff_s, max_value=5)
+                              factor=settings.payment_backoff_s, max_value=5, logger=None)
         async def attempt() -> str:
             nonlocal tries
             tries += 1
