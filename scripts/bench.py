@@ -1,11 +1,17 @@
 """Benchmarks against the embedded broker (or --bootstrap-servers), printed and saved as JSON.
 
-Scenarios (each the median of --repeat runs, with min and max):
-  raw         bare aiokafka: produce N records of the same size, then consume them (baseline)
-  aggregator  the aggregator role alone: N order events folded and published as snapshots
-  saga        orders end to end through orchestrator + aggregator (orders/s, latency)
+Scenarios (each the median of --repeat runs, with min and max), with the baselines that run
+in the same invocation (a shared machine is noisy: read the ratios, not only the numbers):
+  raw         bare aiokafka: produce N records of a saga's average size, then consume them
+  aggregator  the aggregator role alone: order events folded and published as snapshots
+  saga        orders end to end, every role in one process (--processes N: N runtimes);
+              then the latency submission -> terminal at half the measured maximum
+  query       GET /aggregates/{user} under load from another process, next to a bare handler
+  replay      rebuilding the projections from orders.events, next to raw consumption
+  recovery    the orchestrator restoring 100k finished sagas (--quick: 20k)
+  memory      (only with --memory N) peak RSS of a runtime while N orders go through it
 
-    python scripts/bench.py [--quick] [--scenarios raw,aggregator,saga] [--bootstrap-servers H:P]
+    python scripts/bench.py [--quick] [--scenarios raw,saga,...] [--processes N] [--memory N]
 """
 
 from __future__ import annotations
@@ -26,12 +32,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import bench_saga  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
 from kafka_saga import logs  # noqa: E402
 from kafka_saga.bus.client import Bus  # noqa: E402
 from kafka_saga.bus.embedded import EmbeddedBroker  # noqa: E402
 from kafka_saga.config import Settings  # noqa: E402
-from kafka_saga.core.catalog import Catalog  # noqa: E402
-from kafka_saga.core.submission import new_order_command  # noqa: E402
 from kafka_saga.runtime.platform import Platform  # noqa: E402
 from tests.support.orders import random_orders  # noqa: E402
 
@@ -70,7 +76,7 @@ async def raw(bootstrap: str, count: int, size: int, partitions: int) -> dict:
     consume_s = time.perf_counter() - (first or time.perf_counter())
     await consumer.stop()
     return {"records": count, "produce_per_s": count / produce_s, "consume_per_s": count / consume_s,
-            "records_per_s": 2 * count / (produce_s + consume_s)}
+            "records_per_s": count / (produce_s + consume_s)}  # each record produced and consumed
 
 
 async def aggregator(bootstrap: str, orders: int, partitions: int) -> dict:
@@ -103,30 +109,49 @@ async def aggregator(bootstrap: str, orders: int, partitions: int) -> dict:
             "snapshots_published": published}
 
 
-async def saga(bootstrap: str, orders: int, partitions: int) -> dict:
-    """Orders submitted at once; orders/s from the first event to the last terminal one."""
-    settings = settings_for(bootstrap, partitions)
-    platform = Platform(settings, ["orchestrator", "aggregator"])
-    task = asyncio.create_task(platform.run())
-    while platform.bus is None or platform.supervisor is None:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(4.0)  # group joins
-    catalog = Catalog()
-    bus = platform.bus
-    started = time.perf_counter()
-    for i in range(orders):
-        command = new_order_command(f"client{i % 50:02d}", "espresso", 1, catalog)
-        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
-    await bus.producer.flush()
-    orchestrator = platform.supervisor.current["orchestrator"]
-    while sum(1 for s in orchestrator.sagas.values() if s.terminal) < orders:  # type: ignore[attr-defined]
-        await asyncio.sleep(0.05)
-    elapsed = time.perf_counter() - started
-    latency = bus.metrics.snapshot()["latency"]
-    platform.request_stop()
-    await task
-    return {"orders": orders, "orders_per_s": orders / elapsed, "seconds": elapsed,
-            "record_latency": latency}
+def print_table(report: dict) -> None:
+    """The figures next to their baselines and targets."""
+    rows: list[tuple[str, str, str]] = []
+    raw_rps = report.get("raw", {}).get("median")
+    if raw_rps:
+        rows.append(("raw pipe (records/s)", f"{raw_rps:,.0f}", "baseline"))
+    if "aggregator" in report:
+        rows.append(("aggregator (events/s)", f"{report['aggregator']['median']:,.0f}", ">= 10,000"))
+    if "saga" in report:
+        saga = report["saga"]
+        target = f">= {raw_rps / 25:,.0f} (raw/25)" if raw_rps else "raw/25"
+        rows.append((f"saga, {saga['runs'][0]['processes']} process(es) (orders/s)",
+                     f"{saga['median']:,.0f}", target))
+        lat = saga["runs"][0].get("latency")
+        if lat:
+            rows.append((f"latency at {lat['rate_per_s']}/s p50/p95/p99 (ms)",
+                         f"{lat['p50_ms']}/{lat['p95_ms']}/{lat['p99_ms']}", "p99 < 250"))
+        first = saga["runs"][0]
+        if "produced_per_order" in first:
+            rows.append(("records per order produced/consumed",
+                         f"{first['produced_per_order']:.1f}/{first['consumed_per_order']:.1f}", "-"))
+    if "query" in report:
+        q = report["query"]["runs"][0]
+        rows.append(("query GET /aggregates/{user} (req/s, p99 ms)",
+                     f"{q['query']['rps']:,.0f}, {q['query']['p99_ms']}", "p99 < 5"))
+        rows.append(("bare aiohttp handler (req/s, p99 ms)",
+                     f"{q['bare']['rps']:,.0f}, {q['bare']['p99_ms']}", "baseline"))
+        rows.append(("query / bare", f"{report['query']['median']:.2f}", ">= 0.80"))
+    if "replay" in report:
+        r = report["replay"]["runs"][0]
+        rows.append(("replay (events/s)", f"{report['replay']['median']:,.0f}", ">= 0.7 x raw"))
+        rows.append(("raw consumption (events/s), replay/raw",
+                     f"{r['raw_consume_per_s']:,.0f}, {r['ratio']:.2f}", "baseline"))
+    if "recovery" in report:
+        rec = report["recovery"]
+        rows.append((f"saga-state recovery, {rec['sagas']:,} sagas (s)",
+                     f"{rec['seconds_from_start']:.1f}", "< 10"))
+    if "memory" in report:
+        mem = report["memory"]
+        rows.append((f"peak RSS after {mem['orders']:,} orders (MB)", f"{mem['peak_rss_mb']:.0f}", "< 300"))
+    width = max(len(r[0]) for r in rows) if rows else 10
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>20}  {target}")
 
 
 def summarise(runs: list[dict], key: str) -> dict:
@@ -139,7 +164,10 @@ async def main() -> int:
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int)
-    parser.add_argument("--scenarios", default="raw,aggregator,saga")
+    parser.add_argument("--scenarios", default="raw,aggregator,saga,query,replay,recovery")
+    parser.add_argument("--processes", type=int, default=0, help="saga: N runtime processes")
+    parser.add_argument("--memory", type=int, default=0, metavar="ORDERS",
+                        help="also measure peak RSS while ORDERS orders go through a runtime")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--output", default="bench-report.json")
     args = parser.parse_args()
@@ -161,17 +189,28 @@ async def main() -> int:
             runs = [await aggregator(bootstrap, int(6000 * scale), args.partitions) for _ in range(repeat)]
             report["aggregator"] = summarise(runs, "events_per_s")
         if "saga" in wanted:
-            runs = [await saga(bootstrap, int(2000 * scale), args.partitions) for _ in range(repeat)]
+            runs = [await bench_saga.saga_throughput(settings_for(bootstrap, args.partitions),
+                                                     int(3000 * scale), args.processes)
+                    for _ in range(repeat)]
             report["saga"] = summarise(runs, "orders_per_s")
+        if "query" in wanted:
+            runs = [await bench_saga.query_api(settings_for(bootstrap, args.partitions),
+                                               seconds=5 * max(scale, 0.4)) for _ in range(repeat)]
+            report["query"] = summarise(runs, "ratio")
+        if "replay" in wanted:
+            runs = [await bench_saga.replay(settings_for(bootstrap, args.partitions), int(20000 * scale))
+                    for _ in range(repeat)]
+            report["replay"] = summarise(runs, "replay_per_s")
+        if "recovery" in wanted:
+            report["recovery"] = await bench_saga.recovery(
+                settings_for(bootstrap, args.partitions), 20000 if args.quick else 100000)
+        if args.memory:
+            report["memory"] = await bench_saga.memory(settings_for(bootstrap, args.partitions), args.memory)
     finally:
         if broker:
             broker.stop()
     Path(args.output).write_text(json.dumps(report, indent=2))
-    print(f"{'scenario':<12} {'median':>12} {'min':>12} {'max':>12}  unit")
-    for name, unit in (("raw", "records/s"), ("aggregator", "events/s"), ("saga", "orders/s")):
-        if name in report:
-            r = report[name]
-            print(f"{name:<12} {r['median']:>12.0f} {r['min']:>12.0f} {r['max']:>12.0f}  {unit}")
+    print_table(report)
     print(f"report written to {args.output}")
     return 0
 

@@ -1,0 +1,291 @@
+"""Saga-level benchmark scenarios (used by scripts/bench.py): throughput, latency, query API,
+replay, saga-state recovery and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from kafka_saga.bus.client import Bus
+from kafka_saga.bus.embedded import free_port
+from kafka_saga.bus.follow import TopicFollower
+from kafka_saga.core.catalog import Catalog
+from kafka_saga.core.contracts import Event, EventType, Snapshot, Step, new_id
+from kafka_saga.core.submission import new_order_command
+from kafka_saga.replay import replay_events
+from kafka_saga.runtime.http import HttpServer
+from kafka_saga.runtime.platform import Platform
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_ROLES = ["orchestrator", "tracker", "aggregator", "dlq", "query"]
+CATALOG = Catalog()
+
+
+class TerminalWatch:
+    """Follows orders.events and notes when each order first reaches a terminal state."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.terminal_at: dict[str, float] = {}
+        self.stop = asyncio.Event()
+        self.follower = TopicFollower(bus, bus.topics.events, self.apply, "bench watch")
+        self.task: asyncio.Task[None] | None = None
+
+    def apply(self, record: Any) -> None:
+        data = orjson.loads(record.value)
+        kind = data["type"]
+        if kind in ("OrderRejected", "OrderFailed") or (kind == "OrderApproved" and data["step"] == "Finalize"):
+            self.terminal_at.setdefault(data["snapshot"]["order_id"], time.perf_counter())
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.follower.run(self.stop))
+
+    async def wait_for(self, order_ids: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(o in self.terminal_at for o in order_ids):
+            if time.monotonic() > deadline:
+                done = sum(1 for o in order_ids if o in self.terminal_at)
+                raise TimeoutError(f"only {done}/{len(order_ids)} orders ended within {timeout}s")
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task:
+            await self.task
+
+
+def commands(count: int) -> list[Any]:
+    return [new_order_command(f"client{i % 100:02d}", ("espresso", "latte", "mocha")[i % 3], 1, CATALOG)
+            for i in range(count)]
+
+
+async def start_platform(settings: Any, roles: list[str]) -> tuple[Platform, asyncio.Task[int]]:
+    platform = Platform(settings, roles)
+    task = asyncio.create_task(platform.run())
+    while platform.supervisor is None:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(4.5)  # group joins on the embedded broker take ~3 s
+    return platform, task
+
+
+async def stop_platform(platform: Platform, task: asyncio.Task[int]) -> None:
+    platform.request_stop()
+    await task
+
+
+def spawn_runtime(settings: Any, roles: list[str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KAFKA_SAGA_TOPIC_PREFIX": settings.topic_prefix,
+           "KAFKA_SAGA_PARTITIONS": str(settings.partitions), "PAYMENT_FAILURE_RATE": "0",
+           "LOG_LEVEL": "warning", "QUERY_API_PORT": "0"}
+    return subprocess.Popen([sys.executable, "-m", "kafka_saga", "run", "--roles", ",".join(roles),
+                             "--bootstrap-servers", settings.bootstrap_servers], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def saga_throughput(settings: Any, orders: int, processes: int = 0) -> dict[str, Any]:
+    """Orders submitted at once; orders/s from the first submission to the last terminal event."""
+    procs: list[subprocess.Popen[bytes]] = []
+    if processes:
+        procs = [spawn_runtime(settings, ALL_ROLES[:-1]) for _ in range(processes)]
+        platform, task = await start_platform(settings, ["query"])
+        await asyncio.sleep(4)
+    else:
+        platform, task = await start_platform(settings, ALL_ROLES)
+    bus = platform.bus
+    assert bus is not None
+    watch = TerminalWatch(bus)
+    watch.start()
+    batch = commands(orders)
+    before = bus.metrics.snapshot()
+    started = time.perf_counter()
+    for command in batch:
+        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+    await bus.producer.flush()
+    await watch.wait_for([c.snapshot.order_id for c in batch], timeout=600)
+    elapsed = max(watch.terminal_at.values()) - started
+    after = bus.metrics.snapshot()
+    result: dict[str, Any] = {"orders": orders, "processes": processes or 1, "seconds": elapsed,
+                              "orders_per_s": orders / elapsed}
+    if not processes:
+        result["produced_per_order"] = (after["produced"] - before["produced"]) / orders
+        result["consumed_per_order"] = (after["consumed"] - before["consumed"]) / orders
+    latency = await saga_latency(platform, watch, result["orders_per_s"] / 2) if not processes else None
+    if latency:
+        result["latency"] = latency
+    await watch.close()
+    await stop_platform(platform, task)
+    for proc in procs:
+        proc.terminate()
+        proc.wait()
+    return result
+
+
+async def saga_latency(platform: Platform, watch: TerminalWatch, rate: float, seconds: float = 6.0) -> dict[str, Any]:
+    """Submission -> terminal event at a fixed rate (half the measured maximum)."""
+    bus = platform.bus
+    assert bus is not None
+    batch = commands(max(1, int(rate * seconds)))
+    submitted: dict[str, float] = {}
+    interval = 1.0 / rate
+    next_at = time.perf_counter()
+    for command in batch:
+        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+        await bus.producer.flush()
+        submitted[command.snapshot.order_id] = time.perf_counter()
+        next_at += interval
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await watch.wait_for(list(submitted), timeout=120)
+    values = sorted((watch.terminal_at[o] - t) * 1000 for o, t in submitted.items())
+
+    def pct(p: float) -> float:
+        return round(values[min(len(values) - 1, int(p * len(values)))], 2)
+
+    return {"rate_per_s": round(rate, 1), "orders": len(values), "p50_ms": pct(0.5),
+            "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
+async def query_api(settings: Any, users: int = 100, seconds: float = 5.0) -> dict[str, Any]:
+    """GET /aggregates/{user} next to a bare aiohttp handler, same process, same load."""
+    platform, task = await start_platform(settings, ["aggregator", "query"])
+    bus = platform.bus
+    assert bus is not None
+    events = [Event.new(EventType.ORDER_CREATED, Snapshot(new_id(), f"client{i:02d}", "latte", 1, price_cents=400),
+                        Step.VALIDATION, new_id()) for i in range(users)]
+    for event in events:
+        await bus.producer.send(bus.topics.events, event.encode(), event.key)
+    await bus.producer.flush()
+    model = platform.shared["read_model"]
+    while len(model.aggregates) < users:  # type: ignore[attr-defined]
+        await asyncio.sleep(0.1)
+    body = orjson.dumps({"user": "client01", "orders": 1, "status": "pending"})
+
+    async def bare(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/bare", bare)
+    server = HttpServer(app, "127.0.0.1", free_port(), "bare")
+    await server.start()
+    urls = [f"{platform.shared['query_url']}/aggregates/client01", f"http://127.0.0.1:{server.port}/bare"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "scripts" / "bench_http.py"), *urls, "--seconds", str(seconds),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    query, baseline = (json.loads(line) for line in out.decode().splitlines() if line.strip())
+    await server.stop()
+    await stop_platform(platform, task)
+    return {"query": query, "bare": baseline, "ratio": query["rps"] / baseline["rps"]}
+
+
+async def replay(settings: Any, orders: int) -> dict[str, Any]:
+    """Replay of orders.events next to raw aiokafka consumption of the same topic."""
+    bus = Bus(settings, settings.bootstrap_servers)
+    await bus.ensure_topics()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    await producer.start()
+    count = 0
+    for i in range(orders):
+        snap = Snapshot(new_id(), f"client{i % 200:03d}", "latte", 1, price_cents=400)
+        saga = new_id()
+        for kind, step in ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_APPROVED, Step.VALIDATION),
+                           (EventType.ORDER_APPROVED, Step.PAYMENT), (EventType.ORDER_APPROVED, Step.INVENTORY),
+                           (EventType.ORDER_APPROVED, Step.FINALIZE)):
+            event = Event.new(kind, snap, step, saga)
+            await producer.send(bus.topics.events, event.encode(), key=event.key)
+            count += 1
+    await producer.flush()
+    await producer.stop()
+    ends = await bus.end_offsets(bus.topics.events)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                                max_poll_records=5000)
+    await consumer.start()
+    consumer.assign(list(ends))
+    await consumer.seek_to_beginning(*ends)
+    started = time.perf_counter()
+    seen = 0
+    while seen < count:
+        batch = await consumer.getmany(timeout_ms=500)
+        seen += sum(len(r) for r in batch.values())
+    raw_s = time.perf_counter() - started
+    await consumer.stop()
+    started = time.perf_counter()
+    result = await replay_events(bus, timeout=600)
+    replay_s = time.perf_counter() - started
+    assert result.events == count
+    return {"events": count, "replay_per_s": count / replay_s, "raw_consume_per_s": count / raw_s,
+            "ratio": raw_s / replay_s}
+
+
+async def recovery(settings: Any, sagas: int) -> dict[str, Any]:
+    """Saga-state recovery: the orchestrator restores ``sagas`` finished sagas on assignment."""
+    bus = Bus(settings, settings.bootstrap_servers)
+    await bus.ensure_topics()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
+    await producer.start()
+    for i in range(sagas):
+        snap = Snapshot(new_id(), f"client{i % 200:03d}", "latte", 1, price_cents=400)
+        saga = new_id()
+        for kind, step in ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_APPROVED, Step.VALIDATION),
+                           (EventType.ORDER_APPROVED, Step.PAYMENT), (EventType.ORDER_APPROVED, Step.INVENTORY),
+                           (EventType.ORDER_APPROVED, Step.FINALIZE)):
+            event = Event.new(kind, snap, step, saga)
+            await producer.send(bus.topics.events, event.encode(), key=event.key)
+    await producer.flush()
+    await producer.stop()
+    platform = Platform(settings, ["orchestrator"])
+    task = asyncio.create_task(platform.run())
+    started = time.perf_counter()
+    while True:
+        await asyncio.sleep(0.05)
+        role = platform.supervisor.current.get("orchestrator") if platform.supervisor else None
+        if role is not None and len(role.finished) >= sagas:  # type: ignore[attr-defined]
+            break
+    elapsed = time.perf_counter() - started
+    await stop_platform(platform, task)
+    return {"sagas": sagas, "seconds_from_start": elapsed,
+            "seconds_restoring": elapsed - 3.0, "note": "start includes a ~3 s group join"}
+
+
+async def memory(settings: Any, orders: int, chunk: int = 5000) -> dict[str, Any]:
+    """Peak RSS of a runtime process (every role) while ``orders`` orders go through it."""
+    proc = spawn_runtime(settings, ALL_ROLES)
+    await asyncio.sleep(6)
+    bus = Bus(settings, settings.bootstrap_servers)
+    await bus.start()
+    watch = TerminalWatch(bus)
+    watch.start()
+    peak = 0
+    started = time.perf_counter()
+    for first in range(0, orders, chunk):
+        batch = commands(min(chunk, orders - first))
+        for command in batch:
+            await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+        await bus.producer.flush()
+        await watch.wait_for([c.snapshot.order_id for c in batch], timeout=600)
+        peak = max(peak, _rss_kb(proc.pid))
+        watch.terminal_at.clear()
+    elapsed = time.perf_counter() - started
+    await watch.close()
+    await bus.stop()
+    proc.terminate()
+    proc.wait()
+    return {"orders": orders, "peak_rss_mb": peak / 1024, "seconds": elapsed}
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
