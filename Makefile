@@ -49,3 +49,12 @@ lint: install
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache logs pids replay-projections.json
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- containers (needs a Docker engine with the compose plugin; see compose.yaml) ---------
+.PHONY: compose-up compose-down
+
+compose-up:  ## Kafka (KRaft) + topics + the platform in containers; API on localhost:8080
+	docker compose up -d --build
+
+compose-down:  ## stop the containers and remove them with their volumes
+	docker compose down -v
