@@ -28,6 +28,7 @@ PENDING, APPROVED, REJECTED, FAILED = "pending", "approved", "rejected", "failed
 STATUSES = (PENDING, APPROVED, REJECTED, FAILED)
 TERMINAL = (APPROVED, REJECTED, FAILED)
 HISTORY_MAX = 50
+RECENT_MAX = 200
 STEP_ORDER = (Step.VALIDATION, Step.PAYMENT, Step.INVENTORY, Step.FINALIZE)
 
 
@@ -98,6 +99,7 @@ class OrdersView:
         self.events = 0  # events applied (changed something)
         self.duplicates = 0  # events that changed nothing
         self._sorted: list[str] = []  # saga ids, sorted
+        self.latest: deque[str] = deque(maxlen=RECENT_MAX)  # saga ids, newest last
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # --- folding ------------------------------------------------------------------------
@@ -140,6 +142,7 @@ class OrdersView:
                             history=deque(maxlen=self.history_max))
         self.sagas[event.saga_id] = record
         bisect.insort(self._sorted, event.saga_id)
+        self.latest.append(event.saga_id)
         self.by_status[PENDING] += 1
         return record
 
@@ -210,6 +213,12 @@ class OrdersView:
                 return items, items[-1]["saga_id"]
             items.append(record.summary())
         return items, None
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest sagas first, each with its history (for the live dashboard)."""
+        ids = list(self.latest)[-limit:][::-1]
+        return [self.sagas[s].order_view() | {"duplicate": not self.sagas[s].owner}
+                for s in ids if s in self.sagas]
 
     def total(self, status: str | None = None) -> int:
         return len(self.sagas) if status is None else self.by_status.get(status, 0)
