@@ -15,10 +15,9 @@ from dataclasses import replace
 from typing import Any
 
 from . import logs
-from .bus.client import BrokerUnavailable, Bus
+from .bus.client import BrokerUnavailable, Bus, retry_until
 from .bus.follow import read_topic
 from .config import ConfigError, Settings, parse_roles
-from .core.dead_letters import read_dead_letter, reinjection_headers
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -99,28 +98,22 @@ async def _topics(args: argparse.Namespace) -> int:
         for topic, state in sorted(result.items()):
             print(f"{topic}\t{state}")
     else:
-        for topic in await bus.list_topics():
+        for topic in await retry_until("topic list", bus.bootstrap, bus.list_topics, args.timeout):
             print(topic)
     return 0
 
 
 # --- dlq -------------------------------------------------------------------------------
 
-async def _dead_letters(bus: Bus, timeout: float) -> list[Any]:
-    records: list[Any] = []
-    await read_topic(bus, bus.topics.dlq, records.append, timeout)
-    return records
-
-
 async def _dlq(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from .bus import reinject
+
     bus = _bus(_settings(args))
-    records = await _dead_letters(bus, args.timeout)
-    letters = [(r, read_dead_letter(r)) for r in records]
-    if args.reason:
-        letters = [(r, d) for r, d in letters if d.reason == args.reason]
+    letters = reinject.select(await reinject.read_dead_letters(bus, args.timeout),
+                              reason=args.reason or None)
     console = Console()
     if args.action == "list":
         table = Table(title=f"{bus.topics.dlq}: {len(letters)} record(s)")
@@ -132,25 +125,22 @@ async def _dlq(args: argparse.Namespace) -> int:
                           d.key or "", d.published, str(d.reinjected), d.error[:120])
         console.print(table)
         return 0
-    # replay: re-inject into the origin topic
+    # replay: re-inject into the origin topic (the same code as POST /dlq/replay)
     if args.offset:
         try:
-            part, off = (int(x) for x in args.offset.split(":", 1))
-        except ValueError:
-            raise ConfigError(f"--offset {args.offset!r}: expected PARTITION:OFFSET") from None
-        letters = [(r, d) for r, d in letters if (d.partition, d.offset) == (part, off)]
-        if not letters:
-            print(f"no dlq record at {args.offset}", file=sys.stderr)
+            offset = reinject.parse_offset(args.offset)
+        except ValueError as exc:
+            raise ConfigError(f"--offset {exc}") from None
+        try:
+            letters = reinject.select(letters, offset=offset)
+        except reinject.NoSuchDeadLetter as exc:
+            print(str(exc), file=sys.stderr)
             return 1
-    chosen = [(r, d) for r, d in letters if d.is_dead_letter]
     async with bus:
-        for record, letter in chosen:
-            await bus.producer.send(letter.origin_topic, record.value, record.key,
-                                    reinjection_headers(record))
-        await bus.producer.flush()
-    for _, d in chosen:
+        sent = await reinject.reinject(bus, letters)
+    for d in sent:
         print(f"re-injected {d.partition}:{d.offset} -> {d.origin_topic} (reason {d.reason})")
-    print(f"{len(chosen)} record(s) re-injected")
+    print(f"{len(sent)} record(s) re-injected")
     return 0
 
 

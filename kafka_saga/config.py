@@ -71,6 +71,7 @@ class KafkaSecurity:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_password: str | None = field(default=None, repr=False)  # of the client key file
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Settings:
     restart_max: int = 5
     restart_window_s: float = 60.0
     shutdown_timeout_s: float = 10.0
+    stall_threshold_s: float = 60.0  # watchdog: no progress while records wait (0 = off)
+    watchdog_interval_s: float = 5.0
     batch_max_records: int = 500
     request_timeout_ms: int = 15000
     session_timeout_ms: int = 6000  # Kafka's minimum by default; also how long a join waits
@@ -112,6 +115,7 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     roles: dict[str, RoleOptions] = field(default_factory=dict)
+    admin_token: str | None = field(default=None, repr=False)  # None: admin endpoints disabled
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +137,7 @@ class Settings:
             ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
             ssl_certfile=env.get("KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=env.get("KAFKA_SSL_KEYFILE") or None,
+            ssl_password=env.get("KAFKA_SSL_KEY_PASSWORD") or None,
         )
         settings = cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
@@ -150,6 +155,8 @@ class Settings:
             restart_max=_int(env, "KAFKA_SAGA_RESTART_MAX", 5) or 5,
             restart_window_s=_float(env, "KAFKA_SAGA_RESTART_WINDOW_S", 60.0),
             shutdown_timeout_s=_float(env, "KAFKA_SAGA_SHUTDOWN_TIMEOUT_S", 10.0),
+            stall_threshold_s=_float(env, "KAFKA_SAGA_STALL_THRESHOLD_S", 60.0),
+            watchdog_interval_s=_float(env, "KAFKA_SAGA_WATCHDOG_INTERVAL_S", 5.0),
             request_timeout_ms=_int(env, "KAFKA_SAGA_REQUEST_TIMEOUT_MS", 15000) or 15000,
             session_timeout_ms=_int(env, "KAFKA_SAGA_SESSION_TIMEOUT_MS", 6000) or 6000,
             batch_max_records=_int(env, "KAFKA_SAGA_BATCH_MAX_RECORDS", 500) or 500,
@@ -170,6 +177,7 @@ class Settings:
             log_format=env.get("LOG_FORMAT", "auto").lower(),
             security=security,
             roles=roles,
+            admin_token=(env.get("KAFKA_SAGA_ADMIN_TOKEN") or "").strip() or None,
         )
         settings.validate()
         return settings

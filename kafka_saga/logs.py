@@ -11,15 +11,31 @@ import structlog
 _SECRET_KEYS = ("password", "token", "secret", "authorization")
 
 
+def _secret(key: object) -> bool:
+    return isinstance(key, str) and any(s in key.lower() for s in _SECRET_KEYS)
+
+
+def _scrub(value: object, depth: int = 0) -> object:
+    """Mask secret-named keys at any depth (dicts, lists)."""
+    if depth > 6:
+        return value
+    if isinstance(value, dict):
+        return {k: "***" if _secret(k) else _scrub(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
 def _redact(_logger: object, _name: str, event: dict) -> dict:
     for key in list(event):
-        if any(s in key.lower() for s in _SECRET_KEYS):
-            event[key] = "***"
+        event[key] = "***" if _secret(key) else _scrub(event[key])
     return event
 
 
 def _dumps(obj: object, default: object = None) -> str:
-    return orjson.dumps(obj, default=str).decode()
+    # dataclasses are rendered with repr() (which hides fields declared repr=False, such as
+    # passwords and tokens), never field by field
+    return orjson.dumps(obj, default=repr, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:

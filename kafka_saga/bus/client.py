@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from .. import logs
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..runtime.metrics import Metrics
 from .producer import Producer
 from .topics import Topics, ensure_topics
@@ -24,6 +24,10 @@ class BrokerUnavailable(ConnectionError):
     """The broker could not be reached within the allowed time."""
 
 
+class TopicNotFound(LookupError):
+    """The broker answered: the topic does not exist."""
+
+
 async def retry_until(what: str, bootstrap: str, op: Callable[[], Awaitable[T]],
                       timeout: float, first_delay: float = 0.2) -> T:
     """Run ``op`` until it succeeds, with exponential backoff and one clear log line per try."""
@@ -34,8 +38,8 @@ async def retry_until(what: str, bootstrap: str, op: Callable[[], Awaitable[T]],
         attempt += 1
         try:
             return await op()
-        except LookupError:
-            raise  # the broker answered: the topic does not exist; retrying will not help
+        except (TopicNotFound, ConfigError):
+            raise  # the broker answered, or the settings are wrong: retrying will not help
         except Exception as exc:  # noqa: BLE001 - the broker may fail in many ways at start-up
             if time.monotonic() + delay > deadline:
                 raise BrokerUnavailable(f"{what}: broker {bootstrap} unreachable after "
@@ -74,17 +78,48 @@ class Bus:
         return self._producer
 
     def options(self) -> dict[str, Any]:
-        """Connection options shared by every client (bootstrap and security)."""
+        """Connection options shared by every client: bootstrap and security.
+
+        ``KAFKA_SECURITY_PROTOCOL`` PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL; with SASL_*,
+        ``KAFKA_SASL_MECHANISM`` PLAIN (default) | SCRAM-SHA-256 | SCRAM-SHA-512 and both
+        ``KAFKA_SASL_USERNAME``/``KAFKA_SASL_PASSWORD``; with *SSL, an SSL context verifying
+        the broker against ``KAFKA_SSL_CAFILE`` (else the system CAs), presenting
+        ``KAFKA_SSL_CERTFILE``/``KAFKA_SSL_KEYFILE`` (``KAFKA_SSL_KEY_PASSWORD``) if given.
+        Raises :class:`~kafka_saga.config.ConfigError` naming the setting that cannot work.
+        """
+        from ..config import ConfigError
+
+        mechanisms = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
         sec = self.settings.security
-        opts: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "security_protocol": sec.protocol}
-        if sec.protocol.startswith("SASL"):
-            opts.update(sasl_mechanism=sec.sasl_mechanism or "PLAIN",
-                        sasl_plain_username=sec.sasl_username, sasl_plain_password=sec.sasl_password)
-        if sec.protocol.endswith("SSL"):
+        protocol = sec.protocol.strip().upper()
+        if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={sec.protocol!r}: use PLAINTEXT, SSL, "
+                              "SASL_PLAINTEXT or SASL_SSL")
+        opts: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "security_protocol": protocol}
+        if protocol.startswith("SASL_"):
+            mechanism = (sec.sasl_mechanism or "PLAIN").strip().upper()
+            if mechanism not in mechanisms:
+                raise ConfigError(f"KAFKA_SASL_MECHANISM={sec.sasl_mechanism!r}: use "
+                                  f"{', '.join(mechanisms)}")
+            if not sec.sasl_username or sec.sasl_password is None:
+                raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME "
+                                  "and KAFKA_SASL_PASSWORD")
+            opts.update(sasl_mechanism=mechanism, sasl_plain_username=sec.sasl_username,
+                        sasl_plain_password=sec.sasl_password)
+        if protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
             from aiokafka.helpers import create_ssl_context
 
-            opts["ssl_context"] = create_ssl_context(
-                cafile=sec.ssl_cafile, certfile=sec.ssl_certfile, keyfile=sec.ssl_keyfile)
+            if sec.ssl_keyfile and not sec.ssl_certfile:
+                raise ConfigError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE")
+            try:
+                opts["ssl_context"] = create_ssl_context(
+                    cafile=sec.ssl_cafile, certfile=sec.ssl_certfile, keyfile=sec.ssl_keyfile,
+                    password=sec.ssl_password)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("cannot load the TLS files (KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE, "
+                                  f"KAFKA_SSL_KEYFILE): {exc}") from None
         return opts
 
     async def start(self, timeout: float = 60.0) -> None:
@@ -199,5 +234,5 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     await consumer.topics()  # refreshes metadata
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        raise LookupError(f"topic {topic} does not exist")
+        raise TopicNotFound(f"topic {topic} does not exist")
     return [TopicPartition(topic, p) for p in sorted(parts)]

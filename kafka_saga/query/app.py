@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiokafka.errors import KafkaError
 
 from .. import logs
-from ..bus.client import Bus
+from ..bus import reinject
+from ..bus.client import BrokerUnavailable, Bus
 from ..bus.producer import DeliveryError
 from ..config import Settings
 from ..core.contracts import Command
@@ -25,11 +27,13 @@ from ..core.submission import (
 )
 from ..runtime.http import (
     BadRequest,
+    HttpError,
     int_param,
     json_error,
     json_errors,
     json_response,
     metrics_response,
+    read_body,
 )
 from ..runtime.metrics import Metrics
 from .orders import FAILED, REJECTED, STATUSES
@@ -38,11 +42,16 @@ from .readmodel import ReadModel
 log = logs.get("query")
 MAX_PAGE = 1000
 SUBMIT_TIMEOUT_S = 10.0  # how long a submission waits for the broker's acknowledgement
+BODY_TIMEOUT_S = 10.0  # a request body not fully received by then is refused (408)
+REPLAY_READ_TIMEOUT_S = 30.0  # reading the DLQ topic for POST /dlq/replay
+ADMIN_DISABLED = "admin endpoints are disabled: set KAFKA_SAGA_ADMIN_TOKEN"
 READ_MODEL = web.AppKey("read_model", ReadModel)
 METRICS = web.AppKey("metrics", Metrics)
 HEALTH = web.AppKey("health", object)
 BUS = web.AppKey("bus", Bus)
 SETTINGS = web.AppKey("settings", Settings)
+BODY_LIMITS = web.AppKey("body_limits", tuple)  # (max bytes, seconds to receive them)
+REPLAY_LOCK = web.AppKey("replay_lock", asyncio.Lock)
 
 
 def _model(request: web.Request) -> ReadModel:
@@ -67,7 +76,7 @@ async def get_aggregate(request: web.Request) -> web.Response:
     user = request.match_info["user"]
     aggregate = _model(request).aggregates.by_user.get(user)
     if aggregate is None:
-        raise web.HTTPNotFound(reason=f"no aggregate for user {user!r}")
+        return json_error(404, f"no aggregate for user {user[:200]!r}")
     return json_response(aggregate)
 
 
@@ -108,12 +117,24 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 # --- orders and sagas -------------------------------------------------------------------
 
 def require_admin(request: web.Request) -> None:
-    """Authorisation hook of the administrative routes (order cancel).
+    """Authorisation of the administrative routes (order cancel, DLQ replay).
 
-    Allows everything for now; the admin token check goes here (raise
-    ``web.HTTPUnauthorized``/``web.HTTPForbidden``, rendered as JSON by ``json_errors``).
+    ``Authorization: Bearer <KAFKA_SAGA_ADMIN_TOKEN>``, compared in constant time. Without a
+    configured token the routes are disabled (403); a missing or malformed header is 401
+    with ``WWW-Authenticate: Bearer``; a wrong token is 403. Each refusal comes before the
+    body is read, and closes the connection. The header is never logged.
     """
-    del request
+    token = _settings(request).admin_token
+    if not token:
+        raise HttpError(403, ADMIN_DISABLED, close=True)
+    scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        raise HttpError(401, "admin endpoint: send the header 'Authorization: Bearer <token>'",
+                        headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="kafka-saga"'}, close=True)
+    if not hmac.compare_digest(credentials.encode("utf-8", "surrogatepass"),
+                               token.encode("utf-8", "surrogatepass")):
+        raise HttpError(403, "admin endpoint: invalid token", close=True)
 
 
 def _invalid(exc: ContractError) -> web.Response:
@@ -121,7 +142,8 @@ def _invalid(exc: ContractError) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+    max_size, timeout_s = request.app[BODY_LIMITS]
+    raw = await read_body(request, max_size, timeout_s)
     if not raw.strip():
         raise BadRequest("the request body must be a JSON object; it is empty")
     try:
@@ -262,14 +284,92 @@ async def cancel_order(request: web.Request) -> web.Response:
     return _accepted(command)
 
 
+# --- dead-letter replay ----------------------------------------------------------------
+
+def _replay_request(body: Any) -> tuple[tuple[int, int] | None, str | None]:
+    """``{"offset": "P:O"}`` or ``{"all": true}``, each with an optional ``"reason"`` filter."""
+    if type(body) is not dict:
+        raise BadRequest('dlq replay: expected a JSON object {"offset": "P:O"} or {"all": true}')
+    unknown = sorted(k for k in body if k not in ("offset", "all", "reason"))
+    if unknown:
+        raise BadRequest(f"dlq replay: unknown field(s) {', '.join(repr(k[:50]) for k in unknown[:5])}"
+                         "; allowed: offset, all, reason")
+    if ("offset" in body) == ("all" in body):
+        raise BadRequest('dlq replay: give exactly one of "offset": "P:O" and "all": true')
+    if "all" in body and body["all"] is not True:
+        raise BadRequest('dlq replay: "all" must be true')
+    reason = body.get("reason")
+    if reason is not None and (type(reason) is not str or not reason.strip() or len(reason) > 256):
+        raise BadRequest('dlq replay: "reason" must be a non-empty string of at most 256 characters')
+    offset = None
+    if "offset" in body:
+        if type(body["offset"]) is not str:
+            raise BadRequest('dlq replay: "offset" must be a string "PARTITION:OFFSET"')
+        try:
+            offset = reinject.parse_offset(body["offset"])
+        except ValueError as exc:
+            raise BadRequest(f'dlq replay: "offset" {exc}') from None
+    return offset, reason
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    """POST /dlq/replay — re-inject dead letters into their origin topic (as the CLI does)."""
+    require_admin(request)
+    offset, reason = _replay_request(await _json_body(request))
+    bus = request.app.get(BUS)
+    if bus is None:
+        return json_error(503, "dead-letter replay is not available in this process")
+    if bus.metrics.breaker_state == "open":
+        return json_error(503, "the broker is unavailable (circuit breaker open); "
+                          "nothing was re-injected, retry later")
+    lock = request.app[REPLAY_LOCK]
+    if lock.locked():
+        return json_error(409, "a dead-letter replay is already running; retry when it is done")
+    async with lock:
+        try:
+            letters = reinject.select(
+                await reinject.read_dead_letters(bus, REPLAY_READ_TIMEOUT_S),
+                reason=reason, offset=offset)
+        except reinject.NoSuchDeadLetter as exc:
+            return json_error(404, str(exc), offset=f"{offset[0]}:{offset[1]}" if offset else None)
+        except LookupError as exc:  # the DLQ topic itself is missing
+            return json_error(404, str(exc))
+        except (TimeoutError, BrokerUnavailable, KafkaError, ConnectionError) as exc:
+            log.warning("dlq not readable for replay", error=repr(exc)[:300])
+            return json_error(503, "the dead-letter topic could not be read; nothing was "
+                              "re-injected, retry later")
+        try:
+            sent = await reinject.reinject(bus, letters, SUBMIT_TIMEOUT_S)
+        except TimeoutError:
+            return json_error(503, f"the broker did not acknowledge the re-injected records "
+                              f"within {SUBMIT_TIMEOUT_S:g}s; they may still be delivered")
+        except (DeliveryError, KafkaError, ConnectionError) as exc:
+            log.warning("dlq replay not delivered", error=repr(exc)[:300])
+            return json_error(503, "the broker could not take the re-injected records; retry later")
+    log.info("dead letters re-injected", count=len(sent), reason=reason,
+             offset=f"{offset[0]}:{offset[1]}" if offset else "all")
+    return json_response({
+        "reinjected": len(sent),
+        "records": [reinject.describe(d) for d in sent],
+        "skipped": [f"{d.partition}:{d.offset}" for _, d in letters if not d.is_dead_letter],
+    })
+
+
 def create_app(model: ReadModel, metrics: Metrics, health: Callable[[], dict[str, Any]],
                client_max_size: int = 64 * 1024, *, bus: Bus | None = None,
-               settings: Settings | None = None) -> web.Application:
-    """The query API. Without ``bus`` the order submission routes answer 503."""
+               settings: Settings | None = None, body_timeout_s: float | None = None
+               ) -> web.Application:
+    """The query API. Without ``bus`` the order submission and DLQ replay routes answer 503.
+
+    Bodies are limited to ``client_max_size`` bytes (413) received within ``body_timeout_s``
+    (default :data:`BODY_TIMEOUT_S`; 408).
+    """
     app = web.Application(middlewares=[json_errors], client_max_size=client_max_size)
     app[READ_MODEL] = model
     app[METRICS] = metrics
     app[HEALTH] = health
+    app[BODY_LIMITS] = (client_max_size, body_timeout_s or BODY_TIMEOUT_S)
+    app[REPLAY_LOCK] = asyncio.Lock()
     if bus is not None:
         app[BUS] = bus
     if settings is not None:
@@ -280,6 +380,7 @@ def create_app(model: ReadModel, metrics: Metrics, health: Callable[[], dict[str
     app.router.add_get("/healthz", get_health)
     app.router.add_get("/readyz", get_ready)
     app.router.add_get("/dlq", list_dead_letters)
+    app.router.add_post("/dlq/replay", replay_dead_letters)
     app.router.add_post("/orders", create_order)
     app.router.add_get("/orders/{order_id}", get_order)
     app.router.add_post("/orders/{order_id}/cancel", cancel_order)
@@ -288,4 +389,4 @@ def create_app(model: ReadModel, metrics: Metrics, health: Callable[[], dict[str
     return app
 
 
-__all__ = ["BadRequest", "create_app", "require_admin"]
+__all__ = ["ADMIN_DISABLED", "BadRequest", "create_app", "require_admin"]

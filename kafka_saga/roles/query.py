@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Any
 
+from .. import logs
 from ..core.catalog import Catalog
 from ..query.app import create_app
 from ..query.readmodel import ReadModel
 from ..runtime.http import HttpServer
 from .base import Role
+
+log = logs.get("query")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class QueryRole(Role):
@@ -28,6 +41,11 @@ class QueryRole(Role):
                          settings=self.ctx.settings)
         self.server = HttpServer(app, self.ctx.settings.query_host, self.ctx.settings.query_port, "query")
         await self.server.start()
+        admin = "enabled" if self.ctx.settings.admin_token else "disabled (no KAFKA_SAGA_ADMIN_TOKEN)"
+        if _is_loopback(self.server.host):
+            log.info("query api admin endpoints", admin=admin)
+        else:
+            log.warning("query api reachable beyond this host", host=self.server.host, admin=admin)
         self.ctx.shared["query_url"] = f"http://{self.server.host}:{self.server.port}"
         try:
             await self.model.run(stop)

@@ -301,6 +301,10 @@ async def test_catalog_stock_follows_inventory_approvals_and_compensations(platf
 # --- POST /orders/{id}/cancel ----------------------------------------------------------------
 
 async def test_cancel_publishes_an_order_reject_for_the_orders_saga(platform, settings, bus):
+    from dataclasses import replace
+
+    platform.settings = replace(settings, admin_token="test-admin-token")
+    admin = {"headers": {"Authorization": "Bearer test-admin-token"}}
     await platform.start("query")
     pending = order_events("o-cancel", "client01", "pending")
     pending.append(Event.new(EventType.ORDER_APPROVED, pending[0].snapshot, Step.VALIDATION,
@@ -314,20 +318,20 @@ async def test_cancel_publishes_an_order_reject_for_the_orders_saga(platform, se
                              ("o-approved", "approved")):
         await eventually(lambda o=order_id, s=status: order_seen(platform, o, s), TIMEOUT)
 
-    reply = await call(platform, "/orders/o-cancel/cancel", "POST", json={"reason": "changed my mind"})
+    reply = await call(platform, "/orders/o-cancel/cancel", "POST", **admin, json={"reason": "changed my mind"})
     assert reply.status == 202, reply.text
     assert reply.body["order_id"] == "o-cancel" and reply.body["saga_id"] == pending[0].saga_id
     assert reply.headers["Location"] == "/orders/o-cancel"
-    late = await call(platform, "/orders/o-approved/cancel", "POST", json={"reason": "refund"})
+    late = await call(platform, "/orders/o-approved/cancel", "POST", **admin, json={"reason": "refund"})
     assert late.status == 202, late.text  # an approved saga can still be rejected
 
     for order_id, status in (("o-rejected", "rejected"), ("o-failed", "failed")):
-        conflict = await call(platform, f"/orders/{order_id}/cancel", "POST", json={"reason": "x"})
+        conflict = await call(platform, f"/orders/{order_id}/cancel", "POST", **admin, json={"reason": "x"})
         assert_error(conflict, 409, status)
-    assert_error(await call(platform, "/orders/ghost/cancel", "POST", json={"reason": "x"}), 404)
+    assert_error(await call(platform, "/orders/ghost/cancel", "POST", **admin, json={"reason": "x"}), 404)
     for kwargs in ({"data": b"nope"}, {"json": {}}, {"json": {"reason": ""}}, {"json": ["x"]},
                    {"json": {"reason": "x", "force": True}}):
-        assert_error(await call(platform, "/orders/o-cancel/cancel", "POST", **kwargs), 400)
+        assert_error(await call(platform, "/orders/o-cancel/cancel", "POST", **admin, **kwargs), 400)
 
     found = await commands_on_topic(bus)
     assert len(found) == 2

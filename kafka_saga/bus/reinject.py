@@ -1,0 +1,87 @@
+"""Re-injecting dead letters into the topic they came from.
+
+Shared by ``kafka-saga dlq replay`` and ``POST /dlq/replay``: both read ``orders.dlq`` to
+its end as of now, pick records by ``PARTITION:OFFSET`` or all of them (optionally of one
+reason), and send each picked dead letter's original key and bytes back to its origin
+topic, with the original headers and an incremented re-injection mark
+(:func:`~kafka_saga.core.dead_letters.reinjection_headers`). Records written to the DLQ by
+hand (no reason/origin) are never re-injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from ..core.dead_letters import DeadLetter, read_dead_letter, reinjection_headers
+from .client import Bus
+from .follow import read_topic
+
+Letter = tuple[Any, DeadLetter]  # (the consumed DLQ record, its parsed view)
+
+
+class NoSuchDeadLetter(LookupError):
+    """No DLQ record at the requested ``PARTITION:OFFSET`` (after the reason filter)."""
+
+
+def parse_offset(raw: str) -> tuple[int, int]:
+    """``"P:O"`` -> ``(P, O)``; ``ValueError`` unless both are non-negative integers."""
+    part, sep, off = raw.partition(":")
+    if not sep or not (part.isascii() and part.isdigit() and off.isascii() and off.isdigit()):
+        raise ValueError(f"{raw[:100]!r}: expected PARTITION:OFFSET (two non-negative integers)")
+    return int(part), int(off)
+
+
+async def read_dead_letters(bus: Bus, timeout: float | None) -> list[Letter]:
+    """Every record of the DLQ topic, to its end as of now, with its parsed view."""
+    records: list[Any] = []
+    await read_topic(bus, bus.topics.dlq, records.append, timeout)
+    return [(record, read_dead_letter(record)) for record in records]
+
+
+def select(letters: Iterable[Letter], *, reason: str | None = None,
+           offset: tuple[int, int] | None = None) -> list[Letter]:
+    """The letters of ``reason`` (all when None), then only the one at ``offset`` if given."""
+    chosen = [(r, d) for r, d in letters if reason is None or d.reason == reason]
+    if offset is not None:
+        chosen = [(r, d) for r, d in chosen if (d.partition, d.offset) == offset]
+        if not chosen:
+            raise NoSuchDeadLetter(f"no dlq record at {offset[0]}:{offset[1]}")
+    return chosen
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    with contextlib.suppress(BaseException):
+        task.result()  # the awaiting caller reports it; never "exception never retrieved"
+
+
+async def reinject(bus: Bus, letters: Iterable[Letter],
+                   flush_timeout: float | None = None) -> list[DeadLetter]:
+    """Send every real dead letter among ``letters`` back to its origin topic; wait for acks.
+
+    ``bus`` must be started. With ``flush_timeout``, ``TimeoutError`` when the broker did
+    not acknowledge in time (the shared producer's flush goes on: records may still land).
+    Returns the dead letters sent, in order.
+    """
+    chosen = [(r, d) for r, d in letters if d.is_dead_letter]
+    for record, letter in chosen:
+        await bus.producer.send(letter.origin_topic, record.value, record.key,
+                                reinjection_headers(record))
+    flush = asyncio.ensure_future(bus.producer.flush())  # shared producer: never cancel a flush
+    flush.add_done_callback(_consume)
+    await asyncio.wait_for(asyncio.shield(flush), flush_timeout)
+    return [letter for _, letter in chosen]
+
+
+def describe(letter: DeadLetter) -> dict[str, Any]:
+    """What a re-injection reports about one record."""
+    return {"partition": letter.partition, "offset": letter.offset, "key": letter.key,
+            "reason": letter.reason, "origin_topic": letter.origin_topic,
+            "origin_partition": letter.origin_partition, "origin_offset": letter.origin_offset,
+            "reinjected_before": letter.reinjected}
+
+
+__all__ = ["NoSuchDeadLetter", "describe", "parse_offset", "read_dead_letters", "reinject",
+           "select"]
