@@ -36,6 +36,8 @@ from ..runtime.http import (
     read_body,
 )
 from ..runtime.metrics import Metrics
+from .dashboard import add_dashboard_routes
+from .openapi import OBJECT, documented, get_openapi, ref
 from .orders import FAILED, REJECTED, STATUSES
 from .readmodel import ReadModel
 
@@ -54,10 +56,21 @@ BODY_LIMITS = web.AppKey("body_limits", tuple)  # (max bytes, seconds to receive
 REPLAY_LOCK = web.AppKey("replay_lock", asyncio.Lock)
 
 
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
+_TEXT = {"type": "string"}
+
+
+def _page(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": {key: {"type": "array", "items": item},
+                                             "count": {"type": "integer"}, "total": {"type": "integer"},
+                                             "next_after": {"type": ["string", "null"]}}}
+
+
 def _model(request: web.Request) -> ReadModel:
     return request.app[READ_MODEL]
 
 
+@documented(query={"limit": _LIMIT, "after": _TEXT}, responses={200: _page("aggregates", ref("UserAggregate"))})
 async def list_aggregates(request: web.Request) -> web.Response:
     """GET /aggregates?limit=&after= — sorted by user, cursor-paginated."""
     limit = int_param(request, "limit", 100, 1, MAX_PAGE)
@@ -71,6 +84,7 @@ async def list_aggregates(request: web.Request) -> web.Response:
     })
 
 
+@documented(responses={200: ref("UserAggregate"), 404: ref("Error")})
 async def get_aggregate(request: web.Request) -> web.Response:
     """GET /aggregates/{user} — one user's aggregate; 404 when unknown."""
     user = request.match_info["user"]
@@ -80,26 +94,33 @@ async def get_aggregate(request: web.Request) -> web.Response:
     return json_response(aggregate)
 
 
+@documented(query={"format": {"type": "string", "enum": ["prometheus"]}})
 async def get_metrics(request: web.Request) -> web.Response:
     """GET /metrics — JSON snapshot, or Prometheus exposition when Accept asks for it."""
     return metrics_response(request, request.app[METRICS])
 
 
+@documented(responses={200: OBJECT, 503: OBJECT})
 async def get_health(request: web.Request) -> web.Response:
     """GET /healthz — the process is alive; per-role state."""
     health: Callable[[], dict[str, Any]] = request.app[HEALTH]  # type: ignore[assignment]
-    return json_response({"status": "ok", **health()})
+    body = health()  # 503 while a role is stalled (see runtime.watchdog)
+    ok = body.get("healthy", True)
+    return json_response({"status": "ok" if ok else "unhealthy", **body}, 200 if ok else 503)
 
 
+@documented(responses={200: OBJECT, 503: OBJECT})
 async def get_ready(request: web.Request) -> web.Response:
     """GET /readyz — 200 once the read model caught up with the topic as it was at start-up."""
     model = _model(request)
     done, target = model.aggregate_follower.progress()
-    body = {"ready": model.ready, "read": done, "target": target, "users": len(model.aggregates),
-            "events": model.events_progress()}
-    return json_response(body, status=200 if model.ready else 503)
+    healthy = request.app[HEALTH]().get("healthy", True)  # type: ignore[operator]
+    body = {"ready": model.ready and healthy, "read": done, "target": target, "healthy": healthy,
+            "users": len(model.aggregates), "events": model.events_progress()}
+    return json_response(body, status=200 if body["ready"] else 503)
 
 
+@documented(query={"limit": _LIMIT, "reason": _TEXT})
 async def list_dead_letters(request: web.Request) -> web.Response:
     """GET /dlq?limit=&reason= — the most recent dead letters, newest first."""
     limit = int_param(request, "limit", 50, 1, MAX_PAGE)
@@ -197,6 +218,7 @@ def _accepted(command: Command) -> web.Response:
     return json_response(body, status=202, headers={"Location": f"/orders/{order_id}"})
 
 
+@documented(body="OrderRequest", responses={202: ref("Accepted"), 400: ref("Error"), 413: ref("Error"), 503: ref("Error")})
 async def create_order(request: web.Request) -> web.Response:
     """POST /orders — validate, publish an OrderCreate command; 202 with the new ids."""
     body = await _json_body(request)
@@ -228,6 +250,7 @@ def _wait_param(request: web.Request, limit: float) -> float | None:
     return value
 
 
+@documented(query={"wait": {"type": "number", "exclusiveMinimum": 0}}, responses={200: ref("Order"), 404: ref("Error")})
 async def get_order(request: web.Request) -> web.Response:
     """GET /orders/{order_id}?wait=S — the order; with ``wait``, once terminal or S elapsed."""
     order_id = request.match_info["order_id"]
@@ -241,6 +264,7 @@ async def get_order(request: web.Request) -> web.Response:
     return json_response(order)
 
 
+@documented(query={"status": {"type": "string", "enum": list(STATUSES)}, "limit": _LIMIT, "after": _TEXT}, responses={200: _page("sagas", OBJECT)})
 async def list_sagas(request: web.Request) -> web.Response:
     """GET /sagas?status=&limit=&after= — saga summaries sorted by saga id, cursor-paginated."""
     status = request.query.get("status") or None
@@ -255,11 +279,13 @@ async def list_sagas(request: web.Request) -> web.Response:
                           "next_after": next_after})
 
 
+@documented(responses={200: {"type": "object", "additionalProperties": {"type": "object", "properties": {"price_cents": {"type": "integer"}, "stock": {"type": "integer"}}}}})
 async def get_catalog(request: web.Request) -> web.Response:
     """GET /catalog — ``{item: {price_cents, stock}}`` with the stock as the events show it."""
     return json_response(_model(request).orders.catalog_view())
 
 
+@documented(body="CancelRequest", admin=True, responses={202: ref("Accepted"), 404: ref("Error"), 409: ref("Error")})
 async def cancel_order(request: web.Request) -> web.Response:
     """POST /orders/{order_id}/cancel — publish an OrderReject for the order's saga."""
     require_admin(request)
@@ -312,6 +338,7 @@ def _replay_request(body: Any) -> tuple[tuple[int, int] | None, str | None]:
     return offset, reason
 
 
+@documented(body="ReplayRequest", admin=True, responses={200: OBJECT, 404: ref("Error"), 409: ref("Error"), 503: ref("Error")})
 async def replay_dead_letters(request: web.Request) -> web.Response:
     """POST /dlq/replay — re-inject dead letters into their origin topic (as the CLI does)."""
     require_admin(request)
@@ -386,6 +413,8 @@ def create_app(model: ReadModel, metrics: Metrics, health: Callable[[], dict[str
     app.router.add_post("/orders/{order_id}/cancel", cancel_order)
     app.router.add_get("/sagas", list_sagas)
     app.router.add_get("/catalog", get_catalog)
+    add_dashboard_routes(app)
+    app.router.add_get("/openapi.json", get_openapi)
     return app
 
 

@@ -1,0 +1,138 @@
+"""OpenAPI 3.1 generated from the registered aiohttp routes, their handlers and the contracts.
+
+Each handler carries its own description (``@documented``: query parameters, body and
+response schemas); :func:`openapi` walks the router, so a route cannot exist without
+appearing in the document, and every schema comes from the contracts' field lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..core.contracts import Event, Snapshot, UserAggregate
+from ..core.submission import MAX_ORDER_QUANTITY
+
+Handler = Callable[..., Any]
+
+STATUSES = ["pending", "approved", "rejected", "failed"]
+ERROR = {"type": "object", "required": ["error", "status"],
+         "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}
+ORDER_REQUEST = {
+    "type": "object", "additionalProperties": False, "required": ["user", "item", "quantity"],
+    "properties": {
+        "user": {"type": "string", "minLength": 1, "maxLength": 128},
+        "item": {"type": "string", "minLength": 1, "maxLength": 128},
+        "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_ORDER_QUANTITY},
+        "attributes": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 64},
+        "price_cents": {"type": "integer", "minimum": 0},
+    },
+}
+ACCEPTED = {"type": "object", "required": ["order_id", "saga_id", "command_id"],
+            "properties": {k: {"type": "string"} for k in ("order_id", "saga_id", "command_id")}}
+HISTORY = {"type": "array", "items": {"type": "object", "properties": {
+    "type": {"type": "string"}, "step": {"type": "string"}, "occurred_at": {"type": "string"},
+    "retry_count": {"type": "integer"}, "error_message": {"type": "string"}}}}
+ORDER = {"type": "object", "properties": {
+    **{k: {"type": "string"} for k in ("order_id", "saga_id", "user", "item", "step", "reason",
+                                        "created_at", "updated_at")},
+    "quantity": {"type": "integer"}, "price_cents": {"type": "integer"},
+    "retry_count": {"type": "integer"}, "status": {"type": "string", "enum": STATUSES},
+    "history": HISTORY}}
+CANCEL_REQUEST = {"type": "object", "required": ["reason"], "additionalProperties": False,
+                  "properties": {"reason": {"type": "string", "minLength": 1}}}
+REPLAY_REQUEST = {"type": "object", "properties": {
+    "offset": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}, "all": {"type": "boolean"},
+    "reason": {"type": "string"}}}
+OBJECT = {"type": "object"}
+
+
+def _schemas() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in (UserAggregate, Event, Snapshot):
+        schema = model.json_schema()
+        schema.pop("$schema", None)
+        out[model.__name__] = schema
+    out.update(Error=ERROR, OrderRequest=ORDER_REQUEST, Accepted=ACCEPTED, Order=ORDER,
+               CancelRequest=CANCEL_REQUEST, ReplayRequest=REPLAY_REQUEST)
+    return out
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def documented(*, query: dict[str, dict[str, Any]] | None = None, body: str | None = None,
+               responses: dict[int, Any] | None = None, admin: bool = False,
+               content_type: str = "application/json") -> Callable[[Handler], Handler]:
+    """Attach the OpenAPI description of a handler: query parameters, body, responses."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.__openapi__ = {  # type: ignore[attr-defined]
+            "query": query or {}, "body": body, "responses": responses or {200: OBJECT},
+            "admin": admin, "content_type": content_type}
+        return handler
+
+    return mark
+
+
+def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
+    meta = getattr(handler, "__openapi__", {"query": {}, "body": None, "responses": {200: OBJECT},
+                                            "admin": False, "content_type": "application/json"})
+    doc = (handler.__doc__ or "").strip()
+    summary = doc.splitlines()[0] if doc else f"{method} {path}"
+    params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
+              for p in path.split("/") if p.startswith("{")]
+    params += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in meta["query"].items()]
+    responses: dict[str, Any] = {}
+    for status, schema in meta["responses"].items():
+        content = ({"text/html": {"schema": {"type": "string"}}} if meta["content_type"] == "text/html"
+                   else {"application/json": {"schema": schema}})
+        responses[str(status)] = {"description": "success" if status < 400 else "error", "content": content}
+    for status in (400, 404, 405) if params or meta["body"] else (405,):
+        responses.setdefault(str(status), {"description": "error",
+                                           "content": {"application/json": {"schema": ref("Error")}}})
+    operation: dict[str, Any] = {"summary": summary, "operationId": handler.__name__,
+                                 "parameters": params, "responses": responses}
+    if meta["body"]:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": ref(meta["body"])}}}
+    if meta["admin"]:
+        operation["security"] = [{"adminToken": []}]
+        for status in (401, 403):
+            operation["responses"][str(status)] = {
+                "description": "admin token missing, wrong, or admin endpoints disabled",
+                "content": {"application/json": {"schema": ref("Error")}}}
+    return operation
+
+
+def openapi(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route registered on ``app``."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.router.routes():
+        method = route.method.upper()
+        if method in ("HEAD", "*") or route.resource is None:
+            continue
+        path = route.resource.canonical
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path, route.handler)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kafka_saga query API", "version": __version__,
+                 "description": "Read side (CQRS) of the order platform, order submission and "
+                                "administration. Every error is a JSON body {error, status}."},
+        "paths": dict(sorted(paths.items())),
+        "components": {"schemas": _schemas(), "securitySchemes": {
+            "adminToken": {"type": "http", "scheme": "bearer",
+                           "description": "KAFKA_SAGA_ADMIN_TOKEN"}}},
+    }
+
+
+@documented(responses={200: OBJECT})
+async def get_openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json — this document."""
+    from ..runtime.http import json_response
+
+    return json_response(openapi(request.app))
