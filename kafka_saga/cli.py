@@ -1,4 +1,4 @@
-"""Command line: ``kafka-saga run | broker | topics | submit | cancel | dlq | replay``.
+"""Command line: ``kafka-saga run | broker | topics | submit | cancel | dlq | replay | asyncapi``.
 
 Also ``python -m kafka_saga``.
 """
@@ -243,6 +243,19 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .asyncapi import document
+    from .bus.topics import Topics
+
+    settings = _settings(args)
+    doc = document(Topics(settings.topic_prefix), settings.partitions,
+                   settings.bootstrap_servers or DEFAULT_BOOTSTRAP)
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------
 
 def _positive_int(raw: str) -> int:
@@ -306,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="cancelled")
     cancel.add_argument("--timeout", type=float, default=60.0)
     cancel.set_defaults(func=lambda a: asyncio.run(_cancel(a)))
+
+    asyncapi = sub.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of the topics")
+    asyncapi.add_argument("--partitions", type=int, help="partitions per topic (default 6)")
+    asyncapi.set_defaults(func=cmd_asyncapi)
 
     replay = with_broker(sub.add_parser("replay", help="rebuild the projections from orders.events"))
     replay.add_argument("--output", default="replay-projections.json")

@@ -59,3 +59,12 @@ def test_every_reference_resolves_and_the_document_is_json():
     assert {op["action"] for op in ops.values()} == {"send", "receive"}
     assert doc["channels"]["ordersAggregates"]["bindings"]["kafka"]["topicConfiguration"] == {
         "cleanup.policy": ["compact"]}
+
+
+def test_the_cli_prints_the_document(capsys):
+    from kafka_saga.cli import main
+
+    assert main(["asyncapi", "--partitions", "3"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["channels"]["ordersEvents"]["bindings"]["kafka"]["partitions"] == 3
