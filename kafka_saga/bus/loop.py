@@ -6,6 +6,10 @@ handler); :func:`consume` is the one runner. Per batch: decode and handle each r
 DLQ with its reason and origin, and the loop continues), then ``on_batch_end`` (a role
 publishes what it accumulated), then the producer is flushed, then offsets are committed.
 A crash between any two steps re-delivers the batch: handlers are idempotent.
+
+Each runner reports its progress (records handled, batches committed, lag per partition) to
+the supervisor's watchdog (:mod:`kafka_saga.runtime.watchdog`), which restarts a role whose
+consumer stopped moving while records wait.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from .. import logs
 from ..core.contracts import ContractError
+from ..runtime.watchdog import Progress
 from .client import Bus, retry_until
 from .producer import DeliveryError
 
@@ -72,6 +77,7 @@ class _Runner(ConsumerRebalanceListener):
         self.restore_until: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
+        self.progress = Progress(sub.role, sub.group_id, worker)
 
     # --- rebalance: finish and commit the current batch before giving partitions away ---
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -81,6 +87,7 @@ class _Runner(ConsumerRebalanceListener):
                 for tp in revoked:
                     self.committed.pop(tp, None)
                     self.restore_until.pop(tp, None)
+                self.progress.forget(_names(revoked))
                 if self.sub.on_revoked:
                     await self.sub.on_revoked(set(revoked))
                 self.log.info("partitions revoked", partitions=_names(revoked))
@@ -104,6 +111,7 @@ class _Runner(ConsumerRebalanceListener):
                               until={f"{tp.topic}:{tp.partition}": o for tp, o in committed.items()})
         if self.sub.on_assigned:
             await self.sub.on_assigned(self.consumer, committed)
+        self.progress.tick()
         self.log.info("partitions assigned", partitions=_names(assigned))
 
     # --- the loop ---
@@ -118,34 +126,51 @@ class _Runner(ConsumerRebalanceListener):
                 raise
 
         await retry_until(f"{self.sub.role} consumer start", self.bus.bootstrap, start, 60)
+        progress = self.progress
+        progress.attach()  # to the watchdog of the supervised role running this task, if any
+        clean = False
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200)
                 if not batches:
-                    await self._update_idle_lag()
+                    progress.observe(await self._update_idle_lag())
                     continue
                 async with self.lock:
                     started = time.perf_counter()
+                    progress.begin({_name(tp): self._waiting_from(tp, records[0].offset, records)
+                                    for tp, records in batches.items()})
                     owned = self.consumer.assignment()
                     for tp, records in batches.items():
                         if tp in owned:  # a rebalance may have moved it while we waited
                             await self._handle_records(tp, records)
+                        else:
+                            progress.settle(_name(tp), 0)
                     await self._checkpoint()
+                    progress.end()
                     self.bus.metrics.handle_seconds.labels(role=self.sub.role).observe(
                         time.perf_counter() - started)
+            clean = True
         finally:
+            progress.detach()
             try:
-                async with self.lock:
-                    await self._checkpoint()
+                if clean:  # after a crash nothing is committed: the batch comes again
+                    async with self.lock:
+                        await self._checkpoint()
             finally:
                 await self.consumer.stop()
                 self.log.info("consumer stopped")
+
+    def _waiting_from(self, tp: TopicPartition, offset: int, records: list[Any]) -> int:
+        """Records from ``offset`` to the end of the partition as last seen by the fetcher."""
+        end = max(self.consumer.highwater(tp) or 0, records[-1].offset + 1)
+        return max(0, end - offset)
 
     async def _handle_records(self, tp: TopicPartition, records: list[Any]) -> None:
         sub = self.sub
         now = time.time()
         latency = self.bus.metrics.latency
         restore_until = self.restore_until.get(tp, 0)
+        progress = self.progress
         for record in records:
             handler = sub.handle
             if record.offset < restore_until:
@@ -168,12 +193,14 @@ class _Runner(ConsumerRebalanceListener):
                     await self._reject(record, "handler_error", f"{type(exc).__name__}: {exc}")
             if record.timestamp and record.timestamp > 0:
                 latency.observe(max(0.0, now - record.timestamp / 1000))
+            progress.tick()  # a slow handler that gets through records is not stalled
         self.handled[tp] = records[-1].offset + 1
         self.consumed[tp.topic].inc(len(records))
         high = self.consumer.highwater(tp)
+        lag = max(0, (high or 0) - self.handled[tp])
+        progress.settle(_name(tp), lag)
         if high is not None:
-            self.bus.metrics.lag.labels(role=sub.role, topic=tp.topic, partition=str(tp.partition)).set(
-                max(0, high - self.handled[tp]))
+            self.bus.metrics.lag.labels(role=sub.role, topic=tp.topic, partition=str(tp.partition)).set(lag)
 
     async def _reject(self, record: Any, reason: str, error: str) -> None:
         if self.sub.dead_letter:
@@ -199,18 +226,26 @@ class _Runner(ConsumerRebalanceListener):
             for tp, meta in offsets.items():
                 self.committed[tp] = meta.offset
 
-    async def _update_idle_lag(self) -> None:
+    async def _update_idle_lag(self) -> dict[str, int]:
+        """Lag of every assigned partition whose end is known; returned for the watchdog."""
+        lags = {}
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is None:
                 continue
             position = await self.consumer.position(tp)
+            lag = lags[_name(tp)] = max(0, high - position)
             self.bus.metrics.lag.labels(role=self.sub.role, topic=tp.topic,
-                                        partition=str(tp.partition)).set(max(0, high - position))
+                                        partition=str(tp.partition)).set(lag)
+        return lags
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
 
 
 def _names(tps: Iterable[TopicPartition]) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in tps)
+    return sorted(_name(tp) for tp in tps)
 
 
 async def consume(bus: Bus, sub: Subscription, stop: asyncio.Event, worker: int = 0) -> None:

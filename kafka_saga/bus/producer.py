@@ -25,6 +25,9 @@ from ..runtime.metrics import Metrics
 log = logs.get("producer")
 
 Headers = list[tuple[str, bytes]]
+# A dead letter keeps the original bytes up to this size (below Kafka's default 1 MB
+# message limit); a larger one is cut, with a ``value-truncated`` header giving its size.
+DLQ_VALUE_MAX = 512 * 1024
 
 
 class DeliveryError(RuntimeError):
@@ -88,12 +91,14 @@ class Producer:
                    headers: Headers | None = None) -> None:
         """Enqueue one record; it is delivered by the next :meth:`flush` at the latest."""
         record = _Outgoing(topic, value, key, headers or [])
-        self._pending.append(record)
         if self.metrics.breaker_state != "open":
             try:
                 record.future = await self.kafka.send(topic, value, key=key, headers=record.headers)
             except KafkaError:
                 record.future = None  # re-sent by flush, behind the breaker
+        # Pending only once handed to the client: a flush running meanwhile (kafka.send may
+        # wait for buffer space or metadata) must not send this record a second time.
+        self._pending.append(record)
 
     async def send_and_wait(self, topic: str, value: bytes | None, key: bytes | None = None,
                             headers: Headers | None = None) -> None:
@@ -108,10 +113,15 @@ class Producer:
             offset=record.offset, role=role, retry_count=retry_count,
             original=list(record.headers or ()),
         )
+        value = record.value
+        if value is not None and len(value) > DLQ_VALUE_MAX:
+            # the origin (topic, partition, offset) still points at the full record
+            headers.append(("value-truncated", str(len(value)).encode()))
+            value = value[:DLQ_VALUE_MAX]
         self.metrics.dlq.labels(role=role, reason=reason).inc()
         log.warning("sent to dlq", reason=reason, error=error[:300], role=role,
                     topic=record.topic, partition=record.partition, offset=record.offset)
-        await self.send(self.dlq_topic, record.value, record.key, headers)
+        await self.send(self.dlq_topic, value, record.key, headers)
 
     async def flush(self) -> None:
         """Wait until every record enqueued so far is acknowledged (retrying behind the breaker).

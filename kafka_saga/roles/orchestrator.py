@@ -260,6 +260,8 @@ class OrchestratorRole(Role):
                 event = Event.decode(record.value)
                 saga = restored.get(event.saga_id)
                 if saga is None:
+                    if event.type is not EventType.ORDER_CREATED:
+                        return  # not a saga this orchestrator started: never drive it
                     restored[event.saga_id] = Saga.from_event(event)
                     owner[event.saga_id] = record.partition
                 else:

@@ -214,7 +214,9 @@ def metrics_app(metrics: Metrics, health: Callable[[], dict[str, Any]]) -> web.A
         return metrics_response(request, metrics)
 
     async def get_health(_request: web.Request) -> web.Response:
-        return json_response({"status": "ok", **health()})
+        body = health()  # 503 while the supervisor's watchdog reports the role stalled
+        ok = body.get("healthy", True)
+        return json_response({"status": "ok" if ok else "unhealthy", **body}, 200 if ok else 503)
 
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", get_health)

@@ -53,6 +53,10 @@ class Metrics:
                                      registry=r)
         self.errors = Counter("kafka_saga_handler_errors", "Handler errors", ["role"], registry=r)
         self.restarts = Counter("kafka_saga_role_restarts", "Role restarts", ["role"], registry=r)
+        self.stalled = Gauge("kafka_saga_stalled", "1 while the watchdog reports the role stalled "
+                             "(no progress while records wait)", ["role"], registry=r)
+        self.stalls = Counter("kafka_saga_stalls", "Stalls detected by the watchdog", ["role"],
+                              registry=r)
         self.breaker = Gauge(
             "kafka_saga_breaker_state", "Producer circuit breaker (0 closed, 1 half-open, 2 open)",
             registry=r,
@@ -91,6 +95,10 @@ class Metrics:
             return int(total), {k: int(v) for k, v in sorted(split.items())}
         return int(total)
 
+    def _stalled_roles(self) -> list[str]:
+        return sorted(sample.labels["role"] for metric in self.stalled.collect()
+                      for sample in metric.samples if sample.value)
+
     def snapshot(self) -> dict[str, Any]:
         """JSON view: produced, consumed, dlq, breaker_open, latency and per-role detail."""
         consumed, consumed_by_role = self._total(self.consumed, "role")
@@ -119,6 +127,8 @@ class Metrics:
             "breaker_opened": self.breaker_opened,
             "latency": self.latency.summary(),
             "lag": lag,
+            "stalled": self._stalled_roles(),
+            "stalls": self._total(self.stalls),
             "roles": dict(self.role_state),
             "uptime_s": round(time.time() - self.started, 3),
         }

@@ -103,7 +103,7 @@ async def test_post_order_is_accepted_and_its_command_is_on_the_commands_topic(p
 
     # No orchestrator runs here: nothing has happened to the order yet.
     assert_error(await call(platform, f"/orders/{order_id}"), 404, order_id)
-    assert_error(await call(platform, "/orders"), 405)
+    assert_error(await call(platform, "/orders", "PUT"), 405)
 
 
 async def test_invalid_order_requests_are_400_json_and_publish_nothing(platform, bus):
