@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -65,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     from .bus.embedded import EmbeddedBroker
 
-    broker = EmbeddedBroker(args.port)
+    broker = EmbeddedBroker(args.port or _settings(args).embedded_port)
     broker.spawn()
     log = logs.get("cli")
     stopping = False
@@ -285,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     broker = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
-    broker.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_SAGA_EMBEDDED_PORT", 9092)))
+    broker.add_argument("--port", type=int, help="port (default $KAFKA_SAGA_EMBEDDED_PORT or 9092)")
     broker.set_defaults(func=cmd_broker)
 
     topics = with_broker(sub.add_parser("topics", help="create or list topics"))

@@ -130,7 +130,7 @@ class Settings:
             for role in ROLE_ORDER
         }
         security = KafkaSecurity(
-            protocol=env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "PLAINTEXT",
+            protocol=(env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "PLAINTEXT").upper(),
             sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
             sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
             sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,

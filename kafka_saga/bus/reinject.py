@@ -65,7 +65,8 @@ async def reinject(bus: Bus, letters: Iterable[Letter],
     not acknowledge in time (the shared producer's flush goes on: records may still land).
     Returns the dead letters sent, in order.
     """
-    chosen = [(r, d) for r, d in letters if d.is_dead_letter]
+    # a truncated dead letter no longer holds the original bytes: it cannot be sent back
+    chosen = [(r, d) for r, d in letters if d.is_dead_letter and "value-truncated" not in d.headers]
     for record, letter in chosen:
         await bus.producer.send(letter.origin_topic, record.value, record.key,
                                 reinjection_headers(record))

@@ -218,7 +218,7 @@ async def test_healthz_lists_roles_and_readyz_is_ready_once_caught_up(platform, 
 
 async def test_unknown_path_is_404_and_wrong_method_is_405_json(platform):
     await platform.start("query")
-    for path in ("/nope", "/aggregates/a/b", "/dlq/x", "/"):
+    for path in ("/nope", "/aggregates/a/b", "/dlq/x", "/index.html"):
         assert_json_error(await call(platform, path), 404)
     for method, path in (("POST", "/aggregates"), ("DELETE", "/aggregates/u1"), ("PUT", "/dlq"),
                          ("POST", "/metrics"), ("POST", "/healthz"), ("PATCH", "/readyz")):

@@ -124,7 +124,6 @@ def test_security_settings() -> None:
 
 
 @pytest.mark.parametrize(("env", "match"), [
-    ({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl"}, "KAFKA_SECURITY_PROTOCOL"),
     ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ({"KAFKA_SAGA_PARTITIONS": "-1"}, "KAFKA_SAGA_PARTITIONS"),
@@ -257,3 +256,7 @@ def test_roles_file_list_with_mapping_item(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env({}).with_roles_file(
             write(tmp_path, "roles:\n  - aggregator\n  - query: {port: 9000}\n"))
+
+
+def test_security_protocol_is_case_insensitive() -> None:
+    assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl"}).security.protocol == "SASL_SSL"
