@@ -322,7 +322,7 @@ def test_a_wrong_key_password_is_a_configuration_error(tls_files):
 
 
 def test_an_unknown_protocol_is_refused_when_settings_are_read():
-    for protocol in ("TLS", "sasl_plaintext", "SASL"):
+    for protocol in ("TLS", "SASL", "plain"):
         with pytest.raises(ConfigError, match="KAFKA_SECURITY_PROTOCOL"):
             Settings.from_env(security_env(protocol))
 
