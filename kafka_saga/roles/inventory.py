@@ -43,7 +43,7 @@ class InventoryParticipant:
     async def handle(self, request: InventoryRequest, record: Any) -> None:
         decision = self._ledger(record.partition).apply(request)
         if request.action != "reserve":
-            log.info("stock released", order_id=request.order_id, saga_id=request.saga_id,
+            log.debug("stock released", order_id=request.order_id, saga_id=request.saga_id,
                      item=request.item, outcome=decision.reason)
             return
         reply = Command(
@@ -55,7 +55,7 @@ class InventoryParticipant:
             step=Step.INVENTORY,
             metadata={"source": SOURCE, "reason": decision.reason},
         )
-        log.info("stock reservation", order_id=request.order_id, saga_id=request.saga_id,
+        log.debug("stock reservation", order_id=request.order_id, saga_id=request.saga_id,
                  item=request.item, quantity=request.quantity, approved=decision.approved,
                  reason=decision.reason)
         await self.bus.producer.send(self.bus.topics.commands, reply.encode(), reply.key)

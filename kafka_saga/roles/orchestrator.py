@@ -212,9 +212,11 @@ class OrchestratorRole(Role):
         await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key)
         if flush:
             await self.bus.producer.flush()
-        log.info("saga event", type=event.type.value, step=event.step.value, saga_id=saga.saga_id,
-                 order_id=saga.order_id, retry_count=event.retry_count,
-                 **({"reason": event.error_message} if event.error_message else {}))
+        # terminal outcomes at info; the steps in between at debug (hot path: ~5 per order)
+        (log.info if saga.terminal or event.type is EventType.ORDER_COMPENSATED else log.debug)(
+            "saga event", type=event.type.value, step=event.step.value, saga_id=saga.saga_id,
+            order_id=saga.order_id, retry_count=event.retry_count,
+            **({"reason": event.error_message} if event.error_message else {}))
         if saga.terminal:
             self._retire(saga)
 
