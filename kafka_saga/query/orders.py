@@ -23,13 +23,11 @@ from typing import Any
 
 from ..core.catalog import Catalog
 from ..core.contracts import Event, EventType, Snapshot, Step
+from ..core.saga import APPROVED, FAILED, PENDING, REJECTED, TERMINAL, Saga
 
-PENDING, APPROVED, REJECTED, FAILED = "pending", "approved", "rejected", "failed"
 STATUSES = (PENDING, APPROVED, REJECTED, FAILED)
-TERMINAL = (APPROVED, REJECTED, FAILED)
 HISTORY_MAX = 50
 RECENT_MAX = 200
-STEP_ORDER = (Step.VALIDATION, Step.PAYMENT, Step.INVENTORY, Step.FINALIZE)
 
 
 @dataclass(slots=True)
@@ -41,29 +39,37 @@ class SagaRecord:
     snapshot: Snapshot
     created_at: str
     owner: bool
-    status: str = PENDING
-    step: Step = Step.VALIDATION
-    reason: str = ""
-    retry_count: int = 0
+    saga: Saga  # the state machine the orchestrator itself uses: one set of transition rules
     updated_at: str = ""
     created: bool = False
-    approved: set[Step] = field(default_factory=set)
-    compensated: set[Step] = field(default_factory=set)
     reserved: tuple[str, int] | None = None  # (item, quantity) taken by its Inventory step
     released: bool = False
     seen: set[str] = field(default_factory=set)  # event ids applied or ignored
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY_MAX))
 
     @property
+    def status(self) -> str:
+        return self.saga.status
+
+    @property
+    def step(self) -> Step:
+        return self.saga.step
+
+    @property
+    def reason(self) -> str:
+        return self.saga.reason
+
+    @property
+    def retry_count(self) -> int:
+        return self.saga.retry_count
+
+    @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.saga.terminal
 
     def next_step(self) -> Step:
         """The forward step the saga is at (Finalize once every step is approved)."""
-        for step in STEP_ORDER:
-            if step not in self.approved:
-                return step
-        return Step.FINALIZE
+        return self.saga.next_step() or Step.FINALIZE
 
     def order_view(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -138,6 +144,7 @@ class OrdersView:
         if owner:
             self.owners[order_id] = event.saga_id
         record = SagaRecord(event.saga_id, order_id, event.snapshot, event.occurred_at, owner,
+                            Saga(event.saga_id, event.snapshot, event.command_id),
                             updated_at=event.occurred_at,
                             history=deque(maxlen=self.history_max))
         self.sagas[event.saga_id] = record
@@ -154,40 +161,18 @@ class OrdersView:
                 return False
             record.created = True
             return True
-        if kind is EventType.ORDER_APPROVED:
-            if step in record.approved or record.status != PENDING:
-                return False
-            record.approved.add(step)
-            record.step = step
-            record.retry_count = max(record.retry_count, event.retry_count)
-            if step is Step.INVENTORY and record.reserved is None:
-                snap = event.snapshot
-                record.reserved = (snap.item, snap.quantity)
-                self.reserved[snap.item] = self.reserved.get(snap.item, 0) + snap.quantity
-            if step is Step.FINALIZE:
-                record.status = APPROVED
-            return True
-        if kind is EventType.ORDER_COMPENSATED:
-            if step in record.compensated:
-                return False
-            record.compensated.add(step)
-            if step is Step.INVENTORY and record.reserved is not None and not record.released:
-                item, quantity = record.reserved
-                record.released = True
-                self.reserved[item] -= quantity
-            return True
-        if kind in (EventType.ORDER_REJECTED, EventType.ORDER_FAILED):
-            outcome = REJECTED if kind is EventType.ORDER_REJECTED else FAILED
-            if record.status in (REJECTED, FAILED):
-                return False
-            if record.status == APPROVED and outcome != REJECTED:
-                return False
-            record.status = outcome
-            record.reason = event.error_message
-            record.step = step
-            record.retry_count = max(record.retry_count, event.retry_count)
-            return True
-        return False  # pragma: no cover - every EventType is handled above
+        if not record.saga.apply(event):
+            return False
+        if step is Step.INVENTORY and kind is EventType.ORDER_APPROVED and record.reserved is None:
+            snap = event.snapshot
+            record.reserved = (snap.item, snap.quantity)
+            self.reserved[snap.item] = self.reserved.get(snap.item, 0) + snap.quantity
+        elif (step is Step.INVENTORY and kind is EventType.ORDER_COMPENSATED
+              and record.reserved is not None and not record.released):
+            item, quantity = record.reserved
+            record.released = True
+            self.reserved[item] -= quantity
+        return True
 
     # --- reading ------------------------------------------------------------------------
 
