@@ -57,10 +57,13 @@ class Contract:
 
     __slots__ = ()
     FIELDS: ClassVar[tuple[Field, ...]] = ()
+    ENUMS: ClassVar[dict[str, Any]] = {}  # field name -> enum class its validated value becomes
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Self:
         values = decode_fields(cls.FIELDS, data, path or cls.__name__)
+        for name, enum in cls.ENUMS.items():
+            values[name] = enum(values[name])
         return cls(**values)
 
     @classmethod
@@ -142,12 +145,7 @@ class Command(Contract):
         Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
     )
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Command:
-        values = decode_fields(cls.FIELDS, data, path or cls.__name__)
-        values["type"] = CommandType(values["type"])
-        values["step"] = Step(values["step"])
-        return cls(**values)
+    ENUMS: ClassVar[dict[str, Any]] = {"type": CommandType, "step": Step}
 
     @property
     def key(self) -> bytes:
@@ -186,12 +184,7 @@ class Event(Contract):
         Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
     )
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Event:
-        values = decode_fields(cls.FIELDS, data, path or cls.__name__)
-        values["type"] = EventType(values["type"])
-        values["step"] = Step(values["step"])
-        return cls(**values)
+    ENUMS: ClassVar[dict[str, Any]] = {"type": EventType, "step": Step}
 
     @property
     def key(self) -> bytes:
