@@ -188,24 +188,32 @@ async def query_api(settings: Any, users: int = 100, seconds: float = 5.0) -> di
     return {"query": query, "bare": baseline, "ratio": query["rps"] / baseline["rps"]}
 
 
-async def replay(settings: Any, orders: int) -> dict[str, Any]:
-    """Replay of orders.events next to raw aiokafka consumption of the same topic."""
+APPROVED_TRAIL = ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_APPROVED, Step.VALIDATION),
+                  (EventType.ORDER_APPROVED, Step.PAYMENT), (EventType.ORDER_APPROVED, Step.INVENTORY),
+                  (EventType.ORDER_APPROVED, Step.FINALIZE))
+
+
+async def produce_finished_sagas(settings: Any, sagas: int) -> Bus:
+    """Write the events of ``sagas`` approved sagas straight to orders.events (bare aiokafka)."""
     bus = Bus(settings, settings.bootstrap_servers)
     await bus.ensure_topics()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
     await producer.start()
-    count = 0
-    for i in range(orders):
+    for i in range(sagas):
         snap = Snapshot(new_id(), f"client{i % 200:03d}", "latte", 1, price_cents=400)
         saga = new_id()
-        for kind, step in ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_APPROVED, Step.VALIDATION),
-                           (EventType.ORDER_APPROVED, Step.PAYMENT), (EventType.ORDER_APPROVED, Step.INVENTORY),
-                           (EventType.ORDER_APPROVED, Step.FINALIZE)):
+        for kind, step in APPROVED_TRAIL:
             event = Event.new(kind, snap, step, saga)
             await producer.send(bus.topics.events, event.encode(), key=event.key)
-            count += 1
     await producer.flush()
     await producer.stop()
+    return bus
+
+
+async def replay(settings: Any, orders: int) -> dict[str, Any]:
+    """Replay of orders.events next to raw aiokafka consumption of the same topic."""
+    bus = await produce_finished_sagas(settings, orders)
+    count = orders * len(APPROVED_TRAIL)
     ends = await bus.end_offsets(bus.topics.events)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                                 max_poll_records=5000)
@@ -229,20 +237,7 @@ async def replay(settings: Any, orders: int) -> dict[str, Any]:
 
 async def recovery(settings: Any, sagas: int) -> dict[str, Any]:
     """Saga-state recovery: the orchestrator restores ``sagas`` finished sagas on assignment."""
-    bus = Bus(settings, settings.bootstrap_servers)
-    await bus.ensure_topics()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
-    await producer.start()
-    for i in range(sagas):
-        snap = Snapshot(new_id(), f"client{i % 200:03d}", "latte", 1, price_cents=400)
-        saga = new_id()
-        for kind, step in ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_APPROVED, Step.VALIDATION),
-                           (EventType.ORDER_APPROVED, Step.PAYMENT), (EventType.ORDER_APPROVED, Step.INVENTORY),
-                           (EventType.ORDER_APPROVED, Step.FINALIZE)):
-            event = Event.new(kind, snap, step, saga)
-            await producer.send(bus.topics.events, event.encode(), key=event.key)
-    await producer.flush()
-    await producer.stop()
+    await produce_finished_sagas(settings, sagas)
     platform = Platform(settings, ["orchestrator"])
     task = asyncio.create_task(platform.run())
     started = time.perf_counter()

@@ -8,7 +8,6 @@ rebuilt from the log at start (event sourcing), so there is nothing to lose.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -92,7 +91,6 @@ async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None =
     """Read ``topic`` (or some of its partitions) from the beginning to its exact end as of now."""
     follower = TopicFollower(bus, topic, apply, name=f"read {topic}",
                              connect_timeout=timeout if timeout else 60.0, partitions=partitions)
-    started = time.monotonic()
     task = asyncio.create_task(follower.run(
         until_end=True, on_batch=(lambda: on_batch(follower)) if on_batch else None))
     try:
@@ -101,5 +99,4 @@ async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None =
         done, total = follower.progress()
         raise TimeoutError(f"reading {topic} did not finish within {timeout}s "
                            f"({done}/{total} records)") from None
-    follower.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
     return follower
