@@ -139,21 +139,26 @@ class OrchestratorRole(Role):
     async def pay(self, saga: Saga) -> None:
         settings = self.ctx.settings
         tries = 0
-
-        @backoff.on_exception(backoff.expo, (TransientPaymentError, TimeoutError),
-                              max_tries=settings.payment_max_retries + 1,
-                              factor=settings.payment_backoff_s, max_value=5, logger=None)
-        async def attempt() -> str:
-            nonlocal tries
+        outcome = ""
+        error = ""
+        waits = backoff.expo(factor=settings.payment_backoff_s, max_value=5)
+        next(waits)  # a backoff wait generator starts primed
+        while True:  # a plain loop: a decorator built per saga cost more than the step itself
             tries += 1
-            return await asyncio.wait_for(self.gateway.charge(saga.saga_id, saga.snapshot),
-                                          settings.payment_timeout_s)
-
-        try:
-            outcome = await attempt()
-        except (TransientPaymentError, TimeoutError) as exc:
+            try:
+                async with asyncio.timeout(settings.payment_timeout_s):
+                    outcome = await self.gateway.charge(saga.saga_id, saga.snapshot)
+                break
+            except (TransientPaymentError, TimeoutError) as exc:
+                error = str(exc) or f"no answer within {settings.payment_timeout_s}s"
+                if tries > settings.payment_max_retries:
+                    break
+                delay = backoff.full_jitter(next(waits))
+                log.info("payment attempt failed, retrying", saga_id=saga.saga_id,
+                         order_id=saga.order_id, attempt=tries, wait_s=round(delay, 3), error=error[:200])
+                await asyncio.sleep(delay)
+        if not outcome:
             saga.retry_count = max(saga.retry_count, tries - 1)
-            error = str(exc) or f"no answer within {settings.payment_timeout_s}s"
             await self.dead_letter(saga, "payment_retries_exhausted", error)
             await self.finish(saga, Ending(FAILED, Step.PAYMENT,
                                            f"payment failed after {tries - 1} retries: {error}"))
