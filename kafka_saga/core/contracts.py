@@ -8,13 +8,14 @@ the consume loop routes to the dead-letter queue.
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
 import orjson
 
+from .decoders import fast_decoder
 from .fields import ContractError, Field, decode_fields, json_schema, now_rfc3339
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -45,7 +46,8 @@ class Step(StrEnum):
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (the shape of a uuid4's hex, at a third of its cost)."""
+    return os.urandom(16).hex()
 
 
 def _empty_map() -> dict[str, str]:
@@ -61,7 +63,10 @@ class Contract:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Self:
-        values = decode_fields(cls.FIELDS, data, path or cls.__name__)
+        decoded = fast_decoder(cls)(data)  # valid, canonical input: one compiled function
+        if decoded is not None:
+            return decoded  # type: ignore[no-any-return]
+        values = decode_fields(cls.FIELDS, data, path or cls.__name__)  # else: precise errors
         for name, enum in cls.ENUMS.items():
             values[name] = enum(values[name])
         return cls(**values)
