@@ -85,6 +85,8 @@ class Settings:
     replication_factor: int = 1
     idempotent_producer: bool = False
     linger_ms: int = 5
+    fetch_max_wait_ms: int = 20  # see README: how long a fetch may wait for records
+    commit_interval_ms: int = 100  # the longest a consumer goes between checkpoints under load
     query_host: str = "127.0.0.1"
     query_port: int = 8080
     breaker_fail_max: int = 5
@@ -147,6 +149,8 @@ class Settings:
             replication_factor=_int(env, "KAFKA_SAGA_REPLICATION_FACTOR", 1) or 1,
             idempotent_producer=_bool(env, "KAFKA_ENABLE_IDEMPOTENCE", False),
             linger_ms=_int(env, "KAFKA_SAGA_LINGER_MS", 5) or 0,
+            fetch_max_wait_ms=_int(env, "KAFKA_SAGA_FETCH_MAX_WAIT_MS", 20) or 20,
+            commit_interval_ms=_int(env, "KAFKA_SAGA_COMMIT_INTERVAL_MS", 100) or 0,
             query_host=env.get("QUERY_API_HOST", "127.0.0.1") or "127.0.0.1",
             query_port=_int(env, "QUERY_API_PORT", 8080) or 0,
             breaker_fail_max=_int(env, "KAFKA_SAGA_BREAKER_FAIL_MAX", 5) or 5,

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,7 +44,7 @@ from tests.support.orders import random_orders  # noqa: E402
 
 
 def settings_for(bootstrap: str, partitions: int) -> Settings:
-    return replace(Settings.from_env({}), bootstrap_servers=bootstrap, partitions=partitions,
+    return replace(Settings.from_env(dict(os.environ)), bootstrap_servers=bootstrap, partitions=partitions,
                    topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", query_port=0,
                    payment_failure_rate=0.0, log_level="warning")
 
@@ -130,6 +131,7 @@ def print_table(report: dict) -> None:
         if "produced_per_order" in first:
             rows.append(("records per order produced/consumed",
                          f"{first['produced_per_order']:.1f}/{first['consumed_per_order']:.1f}", "-"))
+            rows.append(("CPU of the runtime process per order (ms)", f"{first['cpu_ms_per_order']:.2f}", "-"))
     if "query" in report:
         q = report["query"]["runs"][0]
         rows.append(("query GET /aggregates/{user} (req/s, p99 ms)",

@@ -179,7 +179,7 @@ class Bus:
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "max_poll_records": self.settings.batch_max_records,
-            "fetch_max_wait_ms": 100,
+            "fetch_max_wait_ms": self.settings.fetch_max_wait_ms,
             "session_timeout_ms": self.settings.session_timeout_ms,
             "heartbeat_interval_ms": min(1000, self.settings.session_timeout_ms // 3),
             "metadata_max_age_ms": 30000,

@@ -58,7 +58,7 @@ class TopicFollower:
                                    self.connect_timeout)
         self.target = {tp: end for tp, end in target.items()
                        if self.only is None or tp.partition in self.only}
-        consumer = await self.bus.started_consumer(fetch_max_wait_ms=100, max_poll_records=5000)
+        consumer = await self.bus.started_consumer(max_poll_records=5000)
         try:
             tps = list(self.target)
             consumer.assign(tps)

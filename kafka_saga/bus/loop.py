@@ -4,8 +4,11 @@ A role describes *what* to do with a :class:`Subscription` (topics, group, decod
 handler); :func:`consume` is the one runner. Per batch: decode and handle each record
 (a record that fails decoding, or whose handler raises a non-retriable error, goes to the
 DLQ with its reason and origin, and the loop continues), then ``on_batch_end`` (a role
-publishes what it accumulated), then the producer is flushed, then offsets are committed.
-A crash between any two steps re-delivers the batch: handlers are idempotent.
+publishes what it accumulated). At most every ``commit_interval_ms`` (and at once when idle,
+on a rebalance and on the way out) comes the checkpoint: the producer is flushed, then the
+offsets of every batch handled so far are committed. A crash re-delivers what was handled
+since the last checkpoint: handlers are idempotent. Checkpointing every batch instead would
+put a flush and a commit round trip on every record's path at low rates.
 
 Each runner reports its progress (records handled, batches committed, lag per partition) to
 the supervisor's watchdog (:mod:`kafka_saga.runtime.watchdog`), which restarts a role whose
@@ -76,6 +79,7 @@ class _Runner(ConsumerRebalanceListener):
         self.handled: dict[TopicPartition, int] = {}
         self.restore_until: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()
+        self.commit_interval_s = bus.settings.commit_interval_ms / 1000
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
         self.progress = Progress(sub.role, sub.group_id, worker)
 
@@ -129,10 +133,14 @@ class _Runner(ConsumerRebalanceListener):
         progress = self.progress
         progress.attach()  # to the watchdog of the supervised role running this task, if any
         clean = False
+        next_checkpoint = 0.0
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200)
                 if not batches:
+                    if self.handled:  # idle: nothing left to batch with, commit now
+                        async with self.lock:
+                            await self._checkpoint()
                     progress.observe(await self._update_idle_lag())
                     continue
                 async with self.lock:
@@ -145,7 +153,12 @@ class _Runner(ConsumerRebalanceListener):
                             await self._handle_records(tp, records)
                         else:
                             progress.settle(_name(tp), 0)
-                    await self._checkpoint()
+                    if self.sub.on_batch_end:
+                        await self.sub.on_batch_end()
+                    now = time.monotonic()
+                    if now >= next_checkpoint:
+                        await self._checkpoint()
+                        next_checkpoint = now + self.commit_interval_s
                     progress.end()
                     self.bus.metrics.handle_seconds.labels(role=self.sub.role).observe(
                         time.perf_counter() - started)
@@ -194,7 +207,7 @@ class _Runner(ConsumerRebalanceListener):
             if record.timestamp and record.timestamp > 0:
                 latency.observe(max(0.0, now - record.timestamp / 1000))
             progress.tick()  # a slow handler that gets through records is not stalled
-        self.handled[tp] = records[-1].offset + 1
+        self.handled[tp] = max(self.handled.get(tp, 0), records[-1].offset + 1)
         self.consumed[tp.topic].inc(len(records))
         high = self.consumer.highwater(tp)
         lag = max(0, (high or 0) - self.handled[tp])
@@ -212,8 +225,6 @@ class _Runner(ConsumerRebalanceListener):
 
     async def _checkpoint(self) -> None:
         """Outputs first, then offsets (never commit what is not yet safely published)."""
-        if self.sub.on_batch_end:
-            await self.sub.on_batch_end()
         await self.bus.producer.flush()
         offsets = {
             tp: OffsetAndMetadata(offset, "")
