@@ -16,9 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .compact import IdRefs, IdTable
 from .contracts import Event, EventType, Step, UserAggregate
 
 PENDING, APPROVED, REJECTED, FAILED = "pending", "approved", "rejected", "failed"
+STATUSES = (PENDING, APPROVED, REJECTED, FAILED)  # an order's status code is its index here
+_CODE = {status: code for code, status in enumerate(STATUSES)}
+
+
+OPEN_MAX = 10_000  # pending orders kept as objects; beyond, the oldest are packed too
 
 
 @dataclass(slots=True)
@@ -34,6 +40,7 @@ class OrderFacts:
 @dataclass(slots=True)
 class _UserState:
     aggregate: UserAggregate
+    index: int  # in AggregateFold._user_names
     terminal_key: tuple[str, str] = ("", "")
     revision: int = 0
 
@@ -49,34 +56,68 @@ def _terminal_outcome(event: Event) -> str | None:
 
 
 class AggregateFold:
-    """Folds order events into per-user aggregates, idempotently."""
+    """Folds order events into per-user aggregates, idempotently.
 
-    __slots__ = ("orders", "_users")
+    Every order is remembered for good (forgetting one would count its redelivered events
+    again). Pending orders, whose events are still coming, are :class:`OrderFacts` in
+    ``open`` (at most ``open_max``); the others are four machine words in ``closed``, an
+    :class:`~kafka_saga.core.compact.IdTable`: ``(saga high, saga low, user index,
+    status | odd saga << 2 | price_cents << 3)``, about 50 bytes an order. Where an order
+    is kept changes nothing it folds to. Snapshots must be contract-valid (price 0 .. 10**12).
+    """
 
-    def __init__(self) -> None:
-        self.orders: dict[str, OrderFacts] = {}
+    __slots__ = ("open", "closed", "open_max", "_refs", "_users", "_user_names")
+
+    def __init__(self, open_max: int = OPEN_MAX) -> None:
+        self.open: dict[str, OrderFacts] = {}
+        self.closed = IdTable(width=4)
+        self.open_max = max(1, open_max)
+        self._refs = IdRefs()  # saga ids as words
         self._users: dict[str, _UserState] = {}
+        self._user_names: list[str] = []
 
     def __len__(self) -> int:
         return len(self._users)
 
+    def facts(self, order_id: str) -> OrderFacts | None:
+        """What the fold remembers of one order (None if never seen)."""
+        facts = self.open.get(order_id)
+        if facts is not None:
+            return OrderFacts(facts.user, facts.status, facts.price_cents, facts.saga_id)
+        record = self.closed.get(order_id)
+        return None if record is None else self._unpack(record)
+
     def apply(self, event: Event) -> str | None:
         """Fold one event; return the user whose aggregate changed, or None for a no-op."""
         snap = event.snapshot
-        facts = self.orders.get(snap.order_id)
+        order_id = snap.order_id
+        facts = self.open.get(order_id)
+        closed = False
         changed = False
-        if facts is not None and facts.saga_id != event.saga_id:
-            return None  # a second saga for the same order (rejected as a duplicate): not counted
         if facts is None:
-            facts = OrderFacts(snap.user, PENDING, snap.price_cents, event.saga_id)
-            self.orders[snap.order_id] = facts
+            record = self.closed.get(order_id)
+            if record is not None:
+                high, low, _, word = record
+                if self._refs.find(event.saga_id) != (high, low, word >> 2 & 1):
+                    return None  # a second saga for the same order (a duplicate): not counted
+                facts, closed = self._unpack(record), True
+        elif facts.saga_id != event.saga_id:
+            return None  # as above
+        if facts is None:
+            facts = self.open[order_id] = OrderFacts(snap.user, PENDING, snap.price_cents,
+                                                     event.saga_id)
             agg = self._user(snap.user).aggregate
             agg.orders += 1
             agg.total_items += snap.quantity
             agg.pending += 1
             changed = True
+            if len(self.open) > self.open_max:
+                oldest = next(iter(self.open))
+                self._pack(oldest, self.open.pop(oldest))
         outcome = _terminal_outcome(event)
         if outcome is not None and self._move(facts, outcome):
+            if closed or self.open.pop(order_id, None) is not None:
+                self._pack(order_id, facts)
             state = self._users[facts.user]
             key = (event.occurred_at, event.event_id)
             if key >= state.terminal_key:
@@ -94,6 +135,16 @@ class AggregateFold:
         if not agg.status:
             agg.status = PENDING
         return facts.user
+
+    def _pack(self, order_id: str, facts: OrderFacts) -> None:
+        high, low, odd = self._refs.words(facts.saga_id)
+        self.closed.put(order_id, (high, low, self._users[facts.user].index,
+                                   _CODE[facts.status] | odd << 2 | facts.price_cents << 3))
+
+    def _unpack(self, record: tuple[int, ...]) -> OrderFacts:
+        high, low, user, word = record
+        return OrderFacts(self._user_names[user], STATUSES[word & 3], word >> 3,
+                          self._refs.text(high, low, word >> 2 & 1))
 
     def _move(self, facts: OrderFacts, outcome: str) -> bool:
         old = facts.status
@@ -120,7 +171,8 @@ class AggregateFold:
     def _user(self, user: str) -> _UserState:
         state = self._users.get(user)
         if state is None:
-            state = self._users[user] = _UserState(UserAggregate(user=user))
+            state = self._users[user] = _UserState(UserAggregate(user=user), len(self._user_names))
+            self._user_names.append(user)
         return state
 
     def aggregate(self, user: str) -> UserAggregate | None:

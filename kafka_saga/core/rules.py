@@ -26,8 +26,9 @@ Observing the same sequence of events always builds the same state, so a tracker
 it by observing the partition's history silently before handling new records.
 
 Memory: at most ``max_sagas`` sagas per partition are remembered (first seen, first
-forgotten), with their order's owner; a forgotten saga could fire again and a duplicate of
-a forgotten owner becomes the owner. :class:`VelocityWindow` keeps two windows of event
+forgotten), with their order's owner, ~210 bytes each (ids kept as numbers, a saga's state
+as one small int); a forgotten saga could fire again and a duplicate of a forgotten owner
+becomes the owner. :class:`VelocityWindow` keeps two windows of event
 time per user (so late events count right), at most ``max_users`` users (least recently
 active forgotten first) and ``max_per_user`` orders per user.
 """
@@ -36,19 +37,23 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from .catalog import Catalog
+from .compact import id_key, key_id
 from .contracts import Command, CommandType, Event, EventType
 
 PRICE, DUPLICATE, VELOCITY = "price_integrity", "duplicate_order", "velocity"
 REASONS = {PRICE: "price_mismatch", DUPLICATE: "duplicate_order", VELOCITY: "velocity_exceeded"}
-DEFAULT_MAX_SAGAS = 50_000
+DEFAULT_MAX_SAGAS = 20_000  # ~210 bytes each
 VELOCITY_WINDOW_S = 60.0
 MAX_COMMAND_ID = 128  # Command.command_id max_len
 ENDED = ("rejected", "failed")
+# A saga's state is one small int: a bit per rule fired, then "ended" and "counted".
+RULE_BITS = {PRICE: 1, DUPLICATE: 2, VELOCITY: 4}
+_ENDED, _COUNTED = 8, 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +151,6 @@ class VelocityWindow:
                 del self.users[user]
 
 
-@dataclass(slots=True)
-class _Saga:
-    order_id: str
-    fired: set[str] = field(default_factory=set)
-    ended: bool = False
-    counted: bool = False
-
-
 class TrackerRules:
     """The rules' state for one partition of ``orders.events``."""
 
@@ -166,56 +163,60 @@ class TrackerRules:
         self.partition = partition
         self.window = window if window is not None and window.limit > 0 else None
         self.max_sagas = max(1, max_sagas)
-        self._sagas: OrderedDict[str, _Saga] = OrderedDict()
-        self._owners: dict[str, str] = {}
+        # ids as keys (see compact.id_key): saga -> state bits, order -> its owner saga
+        self._sagas: dict[int | str, int] = {}
+        self._owners: dict[int | str, int | str] = {}
+        self._arrived: deque[int | str] = deque()  # sagas, oldest first
+        self._arrived_orders: deque[int | str] = deque()  # their orders
         self.fired_total = 0
 
     def __len__(self) -> int:
         return len(self._sagas)
 
     def owner(self, order_id: str) -> str | None:
-        return self._owners.get(order_id)
+        owner = self._owners.get(id_key(order_id))
+        return None if owner is None else key_id(owner)
 
     def fired(self, saga_id: str) -> frozenset[str]:
-        saga = self._sagas.get(saga_id)
-        return frozenset(saga.fired) if saga else frozenset()
+        state = self._sagas.get(id_key(saga_id), 0)
+        return frozenset(rule for rule, bit in RULE_BITS.items() if state & bit)
 
     def ended(self, saga_id: str) -> bool:
-        saga = self._sagas.get(saga_id)
-        return bool(saga and saga.ended)
+        return bool(self._sagas.get(id_key(saga_id), 0) & _ENDED)
 
     def observe(self, event: Event) -> list[Violation]:
         """Apply one event; return the violations it reveals that have not fired before."""
-        saga = self._saga(event)
+        saga = id_key(event.saga_id)
+        state = self._state(saga, event)
         kind = event.type
         if kind in (EventType.ORDER_REJECTED, EventType.ORDER_FAILED) or (
                 kind is EventType.ORDER_COMPENSATED and event.metadata.get("outcome") in ENDED):
-            saga.ended = True
+            self._sagas[saga] = state | _ENDED
             return []
         count = 0
-        if kind is EventType.ORDER_CREATED and self.window is not None and not saga.counted:
+        if kind is EventType.ORDER_CREATED and self.window is not None and not state & _COUNTED:
             at = event_seconds(event.occurred_at)
             if at is not None:
-                saga.counted = True
+                state = self._sagas[saga] = state | _COUNTED
                 count = self.window.add(event.snapshot.user, event.saga_id, at, self.partition)
-        if saga.ended:
+        if state & _ENDED:
             return []
-        found = [*self._check(event), *self._velocity(event, count)]
+        found = [*self._check(event, saga), *self._velocity(event, count)]
         violations = []
         for rule, detail in found:
-            if rule in saga.fired:
+            if state & RULE_BITS[rule]:
                 continue
-            saga.fired.add(rule)
+            state = self._sagas[saga] = state | RULE_BITS[rule]
             self.fired_total += 1
             violations.append(Violation(event.saga_id, rule, REASONS[rule], event, detail))
         return violations
 
-    def _check(self, event: Event) -> list[tuple[str, str]]:
+    def _check(self, event: Event, saga: int | str) -> list[tuple[str, str]]:
         snap = event.snapshot
         found = []
-        owner = self._owners.get(snap.order_id)
-        if owner is not None and owner != event.saga_id:
-            found.append((DUPLICATE, f"order {snap.order_id} belongs to saga {owner}"))
+        owner = self._owners.get(id_key(snap.order_id))
+        if owner is not None and owner != saga:
+            found.append((DUPLICATE, f"order {snap.order_id} belongs to saga {key_id(owner)}"))
         expected = self.catalog.price(snap.item, snap.quantity)
         if expected is not None and snap.price_cents != expected:
             found.append((PRICE, f"price_cents {snap.price_cents} != catalog {expected} "
@@ -228,15 +229,19 @@ class TrackerRules:
         return [(VELOCITY, f"{count} orders by {event.snapshot.user} within "
                            f"{self.window.window_s:g}s (limit {self.window.limit})")]
 
-    def _saga(self, event: Event) -> _Saga:
-        saga = self._sagas.get(event.saga_id)
-        if saga is not None:
-            return saga
-        order_id = event.snapshot.order_id
-        saga = self._sagas[event.saga_id] = _Saga(order_id)
-        self._owners.setdefault(order_id, event.saga_id)
+    def _state(self, saga: int | str, event: Event) -> int:
+        """The saga's state bits; a new saga is remembered (and the oldest forgotten)."""
+        state = self._sagas.get(saga)
+        if state is not None:
+            return state
+        order = id_key(event.snapshot.order_id)
+        self._sagas[saga] = 0
+        self._owners.setdefault(order, saga)
+        self._arrived.append(saga)
+        self._arrived_orders.append(order)
         while len(self._sagas) > self.max_sagas:
-            old_id, old = self._sagas.popitem(last=False)
-            if self._owners.get(old.order_id) == old_id:
-                del self._owners[old.order_id]
-        return saga
+            old_saga, old_order = self._arrived.popleft(), self._arrived_orders.popleft()
+            del self._sagas[old_saga]
+            if self._owners.get(old_order) == old_saga:
+                del self._owners[old_order]
+        return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections import OrderedDict
 from typing import Any
 
 import backoff
@@ -27,6 +26,7 @@ from ..bus.follow import read_topic
 from ..bus.loop import Subscription, consume_workers
 from ..core.catalog import Catalog
 from ..core.contracts import Command, CommandType, Event, EventType, InventoryRequest, Step, new_id
+from ..core.finished import FinishedSagas, SagaRestore, settled
 from ..core.payment import APPROVED, SimulatedGateway, TransientPaymentError
 from ..core.saga import FAILED, REJECTED, Ending, Saga, validate
 from .base import Role
@@ -47,10 +47,10 @@ class OrchestratorRole(Role):
         self.catalog = Catalog.load(settings.catalog_path)
         self.gateway = ctx.shared.get("payment_gateway") or SimulatedGateway(settings.payment_failure_rate)
         self.inventory = InventoryParticipant(self.bus, self.catalog)
-        self.sagas: dict[str, Saga] = {}
-        self.partition_of: dict[str, int] = {}
-        self.by_command: dict[str, str] = {}
-        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.sagas: dict[str, Saga] = {}  # live: running, or being compensated by a late reject
+        self.partition_of: dict[str, int] = {}  # of the live sagas
+        self.by_command: dict[str, str] = {}  # of the live sagas
+        self.finished = FinishedSagas(settings.finished_sagas_max)  # packed, bounded
         self.runners: dict[str, asyncio.Task[None]] = {}
         self.waiters: dict[str, asyncio.Future[tuple[bool, str]]] = {}
 
@@ -71,7 +71,9 @@ class OrchestratorRole(Role):
                         order_id=command.snapshot.order_id, saga_id=command.saga_id)
 
     async def create(self, command: Command, record: Any) -> None:
-        if command.saga_id in self.sagas or command.command_id in self.by_command:
+        if (command.saga_id in self.sagas or command.saga_id in self.finished
+                or command.command_id in self.by_command
+                or self.finished.knows_command(command.command_id)):
             log.info("duplicate command ignored", command_id=command.command_id,
                      saga_id=command.saga_id, order_id=command.snapshot.order_id)
             return
@@ -85,10 +87,8 @@ class OrchestratorRole(Role):
 
     async def reject(self, command: Command) -> None:
         reason = command.metadata.get("reason") or "rejected"
-        saga = self.sagas.get(command.saga_id)
+        saga = self.sagas.get(command.saga_id) or self._revive(command, reason)
         if saga is None:
-            log.warning("reject for an unknown saga ignored", saga_id=command.saga_id,
-                        order_id=command.snapshot.order_id, reason=reason)
             return
         ending = saga.ending or saga.reject_request(reason)
         if ending is None:
@@ -102,6 +102,19 @@ class OrchestratorRole(Role):
         log.info("saga rejected by command", saga_id=saga.saga_id, order_id=saga.order_id,
                  reason=reason, was=saga.status)
         await self.finish(saga, ending)
+
+    def _revive(self, command: Command, reason: str) -> Saga | None:
+        """The finished saga a reject still changes (an approved one), live again until it ends."""
+        done = self.finished.get(command.saga_id)
+        if done is None:
+            log.warning("reject for an unknown saga ignored", saga_id=command.saga_id,
+                        order_id=command.snapshot.order_id, reason=reason)
+        elif done.saga is None:
+            log.info("reject ignored: saga already ended", saga_id=command.saga_id,
+                     order_id=command.snapshot.order_id, status=done.status)
+        else:
+            self._register(done.saga, done.partition)
+        return done.saga if done else None
 
     # --- the saga itself ---------------------------------------------------------------
     def start(self, saga: Saga) -> None:
@@ -222,7 +235,7 @@ class OrchestratorRole(Role):
             "saga event", type=event.type.value, step=event.step.value, saga_id=saga.saga_id,
             order_id=saga.order_id, retry_count=event.retry_count,
             **({"reason": event.error_message} if event.error_message else {}))
-        if saga.terminal:
+        if settled(saga):
             self._retire(saga)
 
     async def dead_letter(self, saga: Saga, reason: str, error: str) -> None:
@@ -243,52 +256,38 @@ class OrchestratorRole(Role):
             self.by_command[saga.command_id] = saga.saga_id
 
     def _retire(self, saga: Saga) -> None:
-        """Finished sagas stay (for duplicates and late rejects) up to a bound, oldest out first."""
-        self.finished[saga.saga_id] = None
-        self.finished.move_to_end(saga.saga_id)
+        """A finished saga is packed (for duplicates and late rejects), up to a bound."""
+        partition = self.partition_of.get(saga.saga_id, -1)
+        self._forget(saga.saga_id)
         self.gateway.forget(saga.saga_id)
-        while len(self.finished) > self.ctx.settings.finished_sagas_max:
-            old, _ = self.finished.popitem(last=False)
-            self._forget(old)
+        self.finished.add(saga, partition)
 
     def _forget(self, saga_id: str) -> None:
         saga = self.sagas.pop(saga_id, None)
         self.partition_of.pop(saga_id, None)
-        self.finished.pop(saga_id, None)
         if saga is not None:
             self.by_command.pop(saga.command_id, None)
 
     async def assigned(self, _consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:
         partitions = sorted(tp.partition for tp in committed)
-        restored: dict[str, Saga] = {}
+        restore = SagaRestore(self.ctx.settings.finished_sagas_max)
 
         def apply(record: Any) -> None:
             try:
-                event = Event.decode(record.value)
-                saga = restored.get(event.saga_id)
-                if saga is None:
-                    if event.type is not EventType.ORDER_CREATED:
-                        return  # not a saga this orchestrator started: never drive it
-                    restored[event.saga_id] = Saga.from_event(event)
-                    owner[event.saga_id] = record.partition
-                else:
-                    saga.apply(event)
+                restore.feed(Event.decode(record.value), record.partition)
             except ValueError as exc:  # one bad record must not stop the restore of the others
                 log.warning("event skipped during restore", partition=record.partition,
                             offset=record.offset, error=str(exc)[:200])
 
-        owner: dict[str, int] = {}
         await read_topic(self.bus, self.bus.topics.events, apply, partitions=partitions)
-        for saga_id, saga in restored.items():  # registered only once complete: no half-built saga runs
-            self._register(saga, owner[saga_id])
-        unfinished = [s for s in restored.values() if not s.terminal]
-        for saga in restored.values():
-            if saga.terminal:
-                self._retire(saga)
+        for saga, partition in restore.unfinished.values():  # registered only once complete:
+            self._register(saga, partition)  # no half-built saga runs
+        self.finished.merge(restore.finished)
+        unfinished = [s for s, _ in restore.unfinished.values() if not s.terminal]
         for saga in unfinished:
             self.start(saga)
         log.info("sagas restored from orders.events", partitions=partitions,
-                 sagas=len(restored), resumed=len(unfinished))
+                 sagas=restore.sagas, finished=len(restore.finished), resumed=len(unfinished))
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         lost = {tp.partition for tp in partitions}
@@ -298,6 +297,7 @@ class OrchestratorRole(Role):
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
             self._forget(saga_id)
+        self.finished.remove_partitions(lost)
         # what the stopped runners already sent must be durable before the next owner
         # restores these sagas from orders.events, or it would redo those steps
         await self.bus.producer.flush()

@@ -17,7 +17,7 @@ Options (YAML role list ``tracker: {...}``, else the environment):
 * ``velocity_limit`` / ``TRACKER_VELOCITY_LIMIT``: max orders per user per 60 s of event
   time (0, the default, disables the rule). The window is shared by the partitions this
   process owns.
-* ``max_sagas`` (role list only): sagas remembered per partition (default 50 000).
+* ``max_sagas`` (role list only): sagas remembered per partition (default 20 000).
 """
 
 from __future__ import annotations

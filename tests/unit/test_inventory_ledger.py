@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from kafka_saga.core.catalog import Catalog, CatalogItem
-from kafka_saga.core.contracts import InventoryRequest
+from kafka_saga.core.contracts import InventoryRequest, new_id
 from kafka_saga.core.inventory import Decision, InventoryLedger
 
 STOCK = {"widget": 5, "gadget": 2, "gizmo": 0}
@@ -181,3 +182,15 @@ def test_stock_is_conserved(seed: int) -> None:
         assert ledger.stock(item) + held[item] == stock
     assert "unicorn" not in ledger.available
     assert ledger.released <= set(ledger.reserved)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_canonical_saga_ids_get_the_same_decisions(seed: int) -> None:
+    log = random_log(random.Random(seed), 300)
+    ids = {f"s{i}": new_id() for i in range(25)}
+    odd_ledger, odd_decisions = fold(log)
+    ledger, decisions = fold([replace(r, saga_id=ids[r.saga_id]) for r in log])
+    assert decisions == odd_decisions and ledger.available == odd_ledger.available
+    assert ledger.reserved == {ids[s]: held for s, held in odd_ledger.reserved.items()}
+    assert ledger.released == {ids[s] for s in odd_ledger.released}
+    assert ledger.refused == {ids[s]: reason for s, reason in odd_ledger.refused.items()}

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kafka_saga.core.catalog import Catalog
-from kafka_saga.core.contracts import Command, CommandType, Event, EventType, Snapshot, Step
+from kafka_saga.core.contracts import Command, CommandType, Event, EventType, Snapshot, Step, new_id
 from kafka_saga.core.fields import canonical_time
 from kafka_saga.core.rules import (
     DUPLICATE,
@@ -332,3 +332,16 @@ def test_memory_is_bounded_oldest_sagas_first():
     assert rules.fired("s0") == frozenset() and rules.fired("s4") == {PRICE}
     # the bound is documented: a forgotten saga's redelivery could fire again
     assert run(rules, [created("s0", snap("o-0", price=1))]) == [("s0", PRICE, "price_mismatch")]
+
+
+def test_canonical_ids_are_kept_as_numbers_and_given_back_as_they_came():
+    rules = TrackerRules(CATALOG, max_sagas=2)
+    order, first, second, third = new_id(), new_id(), new_id(), new_id()
+    assert run(rules, lifecycle(first, snap(order))) == []
+    [violation] = rules.observe(created(second, snap(order)))
+    assert violation.rule == DUPLICATE and first in violation.detail
+    assert rules.owner(order) == first and rules.fired(second) == {DUPLICATE}
+    rules.observe(ev(EventType.ORDER_REJECTED, second, snap(order)))
+    assert rules.ended(second) and not rules.ended(first)
+    assert run(rules, [created(third, snap(new_id()))]) == []  # the first saga is forgotten
+    assert rules.owner(order) is None and len(rules) == 2 and rules.fired(first) == frozenset()

@@ -1,0 +1,162 @@
+"""Finished sagas the orchestrator remembers for duplicates and late rejects. Pure, no I/O.
+
+A finished saga is needed for two things only: recognising a duplicate ``OrderCreate`` (by
+saga id or command id) and answering an ``OrderReject`` that comes after the end. A rejected
+or failed saga ignores a reject, so it keeps its status, command id and partition; an
+approved one is compensated by a late reject, so it keeps everything :class:`Saga` holds.
+Each is one ``bytes`` record (JSON), a few hundred bytes instead of the ~1 KB of live
+objects; :meth:`FinishedSagas.saga` rebuilds the approved ones.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import fields
+from typing import Any, NamedTuple
+
+import orjson
+
+from .compact import IdTable
+from .contracts import Event, EventType, Snapshot, Step
+from .saga import APPROVED, Ending, Saga
+
+SNAPSHOT_FIELDS = tuple(f.name for f in fields(Snapshot))  # a snapshot is packed as a list
+
+
+class Finished(NamedTuple):
+    status: str
+    partition: int  # of orders.commands (and orders.events)
+    saga: Saga | None  # rebuilt when approved (a new object each time), else None
+
+
+def settled(saga: Saga) -> bool:
+    """Finished for good: terminal, and not an approved saga being compensated by a late reject."""
+    return saga.terminal and not (saga.status == APPROVED and saga.ending is not None)
+
+
+def pack(saga: Saga, partition: int) -> bytes:
+    """One finished saga as a record (the whole saga when it is approved)."""
+    if saga.status != APPROVED:
+        fields_: list[Any] = [partition, saga.command_id, saga.status]
+    else:
+        ending = saga.ending
+        fields_ = [partition, saga.command_id, saga.status,
+                   [getattr(saga.snapshot, name) for name in SNAPSHOT_FIELDS], saga.completed,
+                   saga.compensated, saga.retry_count, saga.reason, saga.step,
+                   [ending.outcome, ending.step, ending.reason] if ending else None, saga.origin]
+    return bytes(memoryview(orjson.dumps(fields_)))  # a copy: orjson's bytes keep 4 KiB spare
+
+
+def unpack(saga_id: str, record: bytes) -> Saga | None:
+    """The saga back from an approved saga's record; None for a rejected or failed one."""
+    fields: list[Any] = orjson.loads(record)
+    if len(fields) == 3:
+        return None
+    (_, command_id, status, snapshot, completed, compensated, retry_count, reason, step,
+     ending, origin) = fields
+    return Saga(saga_id, Snapshot(*snapshot), command_id, status,
+                [Step(s) for s in completed], [Step(s) for s in compensated], retry_count,
+                reason, Step(step), Ending(ending[0], Step(ending[1]), ending[2]) if ending else None,
+                tuple(origin) if origin else None)
+
+
+class FinishedSagas:
+    """``saga_id -> finished saga`` records, at most ``limit``, the oldest finished forgotten first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self._records: OrderedDict[str, bytes] = OrderedDict()
+        self._by_command: dict[str, str] = {}  # command_id -> saga_id
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, saga_id: str) -> bool:
+        return saga_id in self._records
+
+    def knows_command(self, command_id: str) -> bool:
+        return command_id in self._by_command
+
+    def add(self, saga: Saga, partition: int) -> list[str]:
+        """Remember (again: it moves to the end) a finished saga; return the saga ids forgotten."""
+        self._records[saga.saga_id] = pack(saga, partition)
+        self._records.move_to_end(saga.saga_id)
+        if saga.command_id:
+            self._by_command[saga.command_id] = saga.saga_id
+        return self._trim()
+
+    def _trim(self) -> list[str]:
+        forgotten = []
+        while len(self._records) > self.limit:
+            oldest = next(iter(self._records))
+            self.remove(oldest)
+            forgotten.append(oldest)
+        return forgotten
+
+    def get(self, saga_id: str) -> Finished | None:
+        record = self._records.get(saga_id)
+        if record is None:
+            return None
+        partition, _, status = orjson.loads(record)[:3]
+        return Finished(status, partition, unpack(saga_id, record))
+
+    def merge(self, other: FinishedSagas) -> list[str]:
+        """Take ``other``'s records (after ours, in their order); return the saga ids forgotten."""
+        for saga_id, record in other._records.items():
+            self._records[saga_id] = record
+            self._records.move_to_end(saga_id)
+        self._by_command.update(other._by_command)
+        return self._trim()
+
+    def remove(self, saga_id: str) -> None:
+        record = self._records.pop(saga_id, None)
+        if record is not None:
+            command_id = orjson.loads(record)[1]
+            if self._by_command.get(command_id) == saga_id:
+                del self._by_command[command_id]
+
+    def remove_partitions(self, partitions: set[int]) -> None:
+        """Forget every saga of these partitions (handed to another orchestrator)."""
+        for saga_id in [s for s, r in self._records.items() if orjson.loads(r)[0] in partitions]:
+            self.remove(saga_id)
+
+
+class SagaRestore:
+    """Sagas rebuilt from ``orders.events`` (the orchestrator's restore), in bounded memory.
+
+    Feed the events in log order. A saga that settles is packed into :attr:`finished` (at
+    most ``limit``; a late reject rebuilds it); :attr:`unfinished` keeps the others with their
+    partition. A saga forgotten on the way is never rebuilt, and only an ``OrderCreated``
+    starts a saga: events of sagas this orchestrator never started are ignored.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.unfinished: dict[str, tuple[Saga, int]] = {}
+        self.finished = FinishedSagas(limit)
+        self.sagas = 0  # started, in all
+        self._forgotten = IdTable(width=1)
+
+    def feed(self, event: Event, partition: int) -> None:
+        entry = self.unfinished.get(event.saga_id)
+        if entry is None:
+            done = self.finished.get(event.saga_id)
+            if done is not None:
+                if done.saga is None:
+                    return  # rejected or failed: nothing changes it any more
+                entry = (done.saga, done.partition)
+                self.finished.remove(event.saga_id)
+            elif event.type is not EventType.ORDER_CREATED or event.saga_id in self._forgotten:
+                return
+            else:
+                entry = (Saga(event.saga_id, event.snapshot, event.command_id), partition)
+                self.sagas += 1
+            self.unfinished[event.saga_id] = entry
+        saga, owner = entry
+        saga.apply(event)
+        if settled(saga):
+            del self.unfinished[event.saga_id]
+            for forgotten in self.finished.add(saga, owner):
+                self._forgotten.put(forgotten, (1,))
+
+
+__all__ = ["Finished", "FinishedSagas", "SagaRestore", "pack", "settled", "unpack"]
