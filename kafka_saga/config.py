@@ -108,7 +108,8 @@ class Settings:
     payment_failure_rate: float = 0.01
     inventory_timeout_s: float = 5.0
     inventory_max_tries: int = 3
-    finished_sagas_max: int = 200_000
+    finished_sagas_max: int = 50_000
+    query_orders_max: int = 20_000  # sagas the query view keeps in full (older: status only)
     wait_max_s: float = 30.0
     broker_watch_s: float = 5.0
     demo_rate: float = 5.0
@@ -172,7 +173,8 @@ class Settings:
             payment_failure_rate=_float(env, "PAYMENT_FAILURE_RATE", 0.01),
             inventory_timeout_s=_float(env, "INVENTORY_TIMEOUT_S", 5.0),
             inventory_max_tries=_int(env, "INVENTORY_MAX_TRIES", 3),  # type: ignore[arg-type]
-            finished_sagas_max=_int(env, "KAFKA_SAGA_FINISHED_SAGAS_MAX", 200_000),  # type: ignore[arg-type]
+            finished_sagas_max=_int(env, "KAFKA_SAGA_FINISHED_SAGAS_MAX", 50_000),  # type: ignore[arg-type]
+            query_orders_max=_int(env, "QUERY_ORDERS_MAX", 20_000),  # type: ignore[arg-type]
             wait_max_s=_float(env, "QUERY_WAIT_MAX_S", 30.0),
             broker_watch_s=_float(env, "KAFKA_SAGA_BROKER_WATCH_S", 5.0),
             demo_rate=_float(env, "DEMO_RATE", 5.0),
@@ -193,6 +195,8 @@ class Settings:
             raise ConfigError("PAYMENT_FAILURE_RATE must be between 0 and 1")
         if self.partitions < 1:
             raise ConfigError("KAFKA_SAGA_PARTITIONS must be at least 1")
+        if self.query_orders_max < 1 or self.finished_sagas_max < 0:
+            raise ConfigError("QUERY_ORDERS_MAX must be >= 1 and KAFKA_SAGA_FINISHED_SAGAS_MAX >= 0")
         if self.security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.security.protocol!r} is not supported")
         if self.log_format not in ("auto", "json", "console"):

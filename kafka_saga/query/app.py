@@ -17,7 +17,7 @@ from ..bus import reinject
 from ..bus.client import BrokerUnavailable, Bus
 from ..bus.producer import DeliveryError
 from ..config import Settings
-from ..core.contracts import Command
+from ..core.contracts import Command, Snapshot, Step
 from ..core.fields import ContractError
 from ..core.submission import (
     new_order_command,
@@ -250,18 +250,27 @@ def _wait_param(request: web.Request, limit: float) -> float | None:
     return value
 
 
-@documented(query={"wait": {"type": "number", "exclusiveMinimum": 0}}, responses={200: ref("Order"), 404: ref("Error")})
+@documented(query={"wait": {"type": "number", "exclusiveMinimum": 0}}, responses={200: ref("Order"), 404: ref("Error"), 410: ref("Error")})
 async def get_order(request: web.Request) -> web.Response:
-    """GET /orders/{order_id}?wait=S — the order; with ``wait``, once terminal or S elapsed."""
+    """GET /orders/{order_id}?wait=S — the order; with ``wait``, once terminal or S elapsed.
+
+    410 for an order evicted from the orders window (``QUERY_ORDERS_MAX``): its details are
+    gone, its status is still known (``order_status``)."""
     order_id = request.match_info["order_id"]
     wait = _wait_param(request, _settings(request).wait_max_s)
     view = _model(request).orders
     if wait is not None:
         await view.wait_terminal(order_id, wait)
     order = view.order(order_id)
-    if order is None:
-        return json_error(404, f"unknown order {order_id!r}", order_id=order_id)
-    return json_response(order)
+    if order is not None:
+        return json_response(order)
+    evicted = view.evicted_order(order_id)
+    if evicted is not None:
+        return json_error(410, f"order {order_id!r} was evicted from the query view's window of "
+                          "recent orders (QUERY_ORDERS_MAX); only its status is kept",
+                          order_id=order_id, saga_id=evicted["saga_id"],
+                          order_status=evicted["status"], evicted=True)
+    return json_error(404, f"unknown order {order_id!r}", order_id=order_id)
 
 
 @documented(query={"status": {"type": "string", "enum": list(STATUSES)}, "limit": _LIMIT, "after": _TEXT}, responses={200: _page("sagas", OBJECT)})
@@ -295,18 +304,25 @@ async def cancel_order(request: web.Request) -> web.Response:
         reason = parse_cancel_request(body)
     except ContractError as exc:
         return _invalid(exc)
-    record = _model(request).orders.owner(order_id)
-    if record is None:
+    view = _model(request).orders
+    record = view.owner(order_id)
+    evicted = view.evicted_order(order_id) if record is None else None
+    if record is not None:
+        saga_id, status, snapshot, step = (record.saga_id, record.status, record.snapshot,
+                                           record.next_step())
+    elif evicted is not None:  # the orchestrator compensates with its own copy of the order
+        saga_id, status, step = evicted["saga_id"], evicted["status"], Step(evicted["step"])
+        snapshot = Snapshot(order_id=order_id, user="", item="", quantity=0)
+    else:
         return json_error(404, f"unknown order {order_id!r}", order_id=order_id)
-    if record.status in (REJECTED, FAILED):
-        return json_error(409, f"order {order_id!r} is already {record.status}",
-                          order_id=order_id, saga_id=record.saga_id, order_status=record.status)
-    command = reject_command(order_id, record.saga_id, record.snapshot, reason, "api",
-                             step=record.next_step())
+    if status in (REJECTED, FAILED):
+        return json_error(409, f"order {order_id!r} is already {status}",
+                          order_id=order_id, saga_id=saga_id, order_status=status)
+    command = reject_command(order_id, saga_id, snapshot, reason, "api", step=step)
     failed = await _publish(request, command)
     if failed is not None:
         return failed
-    log.info("order cancel requested", order_id=order_id, saga_id=record.saga_id, reason=reason)
+    log.info("order cancel requested", order_id=order_id, saga_id=saga_id, reason=reason)
     return _accepted(command)
 
 

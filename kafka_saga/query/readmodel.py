@@ -13,7 +13,7 @@ from ..bus.follow import TopicFollower
 from ..core.catalog import Catalog
 from ..core.contracts import ContractError, Event, UserAggregate
 from ..core.dead_letters import DeadLetter, read_dead_letter
-from .orders import OrdersView
+from .orders import ORDERS_MAX, OrdersView
 
 log = logs.get("query")
 
@@ -63,11 +63,12 @@ class DeadLetterView:
 class ReadModel:
     """Follows ``orders.aggregates``, ``orders.dlq`` and ``orders.events`` into in-memory views."""
 
-    def __init__(self, bus: Bus, dlq_recent: int = 200, catalog: Catalog | None = None) -> None:
+    def __init__(self, bus: Bus, dlq_recent: int = 200, catalog: Catalog | None = None,
+                 orders_max: int = ORDERS_MAX) -> None:
         self.bus = bus
         self.aggregates = AggregateView()
         self.dead_letters = DeadLetterView(dlq_recent)
-        self.orders = OrdersView(catalog)
+        self.orders = OrdersView(catalog, max_sagas=orders_max)
         self.malformed_events = 0  # undecodable records on orders.events (the aggregator DLQs them)
         self.malformed_aggregates = 0
         self.aggregate_follower = TopicFollower(bus, bus.topics.aggregates, self._on_aggregate,
@@ -88,7 +89,7 @@ class ReadModel:
         done, target = self.events_follower.progress()
         return {"caught_up": self.events_caught_up, "read": done, "target": target,
                 "orders": len(self.orders), "sagas": self.orders.total(),
-                "malformed": self.malformed_events}
+                "evicted": self.orders.evicted, "malformed": self.malformed_events}
 
     async def _on_aggregate(self, record: Any) -> None:
         if record.value is None:  # tombstone: the user was deleted

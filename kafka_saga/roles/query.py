@@ -31,7 +31,8 @@ class QueryRole(Role):
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.catalog = Catalog.load(ctx.settings.catalog_path)
-        self.model = ReadModel(ctx.bus, ctx.settings.dlq_recent, self.catalog)
+        self.model = ReadModel(ctx.bus, ctx.settings.dlq_recent, self.catalog,
+                               ctx.settings.query_orders_max)
         self.server: HttpServer | None = None
         ctx.shared["read_model"] = self.model
 

@@ -342,3 +342,35 @@ async def test_cancel_publishes_an_order_reject_for_the_orders_saga(platform, se
     assert command.step is Step.PAYMENT  # where the saga is: Validation approved, Payment next
     assert command.snapshot.user == "client01"
 
+
+
+async def test_evicted_orders_answer_410_with_their_status_and_can_still_be_cancelled(
+        platform, settings, bus):
+    from dataclasses import replace
+
+    platform.settings = replace(settings, admin_token="test-admin-token", query_orders_max=2)
+    admin = {"headers": {"Authorization": "Bearer test-admin-token"}}
+    await platform.start("query")
+    old, failed = order_events("o-old", "client01", "approved"), order_events("o-gone", "c", "failed")
+    await produce_async(settings, bus.topics.events, old + failed)
+    await eventually(lambda: order_seen(platform, "o-gone", "failed"), TIMEOUT)
+    newer = [e for i in range(2) for e in order_events(f"o-new{i}", "client01", "approved")]
+    await produce_async(settings, bus.topics.events, newer)
+    for order_id in ("o-new0", "o-new1"):  # the two finished before them are evicted
+        await eventually(lambda o=order_id: order_seen(platform, o, "approved"), TIMEOUT)
+
+    gone = await call(platform, "/orders/o-old?wait=1")
+    assert_error(gone, 410, "evicted", "QUERY_ORDERS_MAX")
+    assert (gone.body["order_status"], gone.body["saga_id"], gone.body["evicted"]) == (
+        "approved", old[0].saga_id, True)
+    funnel = (await call(platform, "/orders")).body
+    assert funnel["total"] == 4 and funnel["by_status"]["approved"] == 3
+    assert [o["order_id"] for o in funnel["orders"]] in (["o-new1", "o-new0"], ["o-new0", "o-new1"])
+
+    late = await call(platform, "/orders/o-old/cancel", "POST", **admin, json={"reason": "refund"})
+    assert late.status == 202 and late.body["saga_id"] == old[0].saga_id, late.text
+    assert_error(await call(platform, "/orders/o-gone/cancel", "POST", **admin, json={"reason": "x"}),
+                 409, "failed")
+    [(key, command)] = await commands_on_topic(bus)
+    assert key == b"o-old" and command.type is CommandType.ORDER_REJECT
+    assert command.saga_id == old[0].saga_id and command.step is Step.FINALIZE

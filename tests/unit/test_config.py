@@ -127,6 +127,8 @@ def test_security_settings() -> None:
     ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ({"KAFKA_SAGA_PARTITIONS": "-1"}, "KAFKA_SAGA_PARTITIONS"),
+    ({"QUERY_ORDERS_MAX": "0"}, "QUERY_ORDERS_MAX"),
+    ({"KAFKA_SAGA_FINISHED_SAGAS_MAX": "-1"}, "KAFKA_SAGA_FINISHED_SAGAS_MAX"),
 ])
 def test_validation_errors(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -260,3 +262,9 @@ def test_roles_file_list_with_mapping_item(tmp_path: Path) -> None:
 
 def test_security_protocol_is_case_insensitive() -> None:
     assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl"}).security.protocol == "SASL_SSL"
+
+
+def test_memory_bounds() -> None:
+    assert (Settings().query_orders_max, Settings().finished_sagas_max) == (20_000, 50_000)
+    settings = Settings.from_env({"QUERY_ORDERS_MAX": "500", "KAFKA_SAGA_FINISHED_SAGAS_MAX": "0"})
+    assert (settings.query_orders_max, settings.finished_sagas_max) == (500, 0)
