@@ -25,7 +25,7 @@ import asyncio
 import bisect
 import sys
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.catalog import Catalog
@@ -176,8 +176,10 @@ class OrdersView:
         if record.terminal and old_status not in TERMINAL:
             self._finished.append(record.saga_id)
         snap = event.snapshot  # event-carried state: the latest wins (its strings shared)
-        record.saga.snapshot = replace(snap, order_id=record.order_id, user=sys.intern(snap.user),
-                                       item=sys.intern(snap.item))
+        record.saga.snapshot = Snapshot(
+            order_id=record.order_id, user=sys.intern(snap.user), item=sys.intern(snap.item),
+            quantity=snap.quantity, sequence=snap.sequence, price_cents=snap.price_cents,
+            inventory_available=snap.inventory_available, attributes=snap.attributes)
         if event.occurred_at > record.updated_at:
             record.updated_at = event.occurred_at
         history = record.history

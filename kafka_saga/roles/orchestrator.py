@@ -51,6 +51,7 @@ class OrchestratorRole(Role):
         self.partition_of: dict[str, int] = {}  # of the live sagas
         self.by_command: dict[str, str] = {}  # of the live sagas
         self.finished = FinishedSagas(settings.finished_sagas_max)  # packed, bounded
+        self.restored = 0  # sagas rebuilt from orders.events, in all (finished or not)
         self.runners: dict[str, asyncio.Task[None]] = {}
         self.waiters: dict[str, asyncio.Future[tuple[bool, str]]] = {}
 
@@ -283,6 +284,7 @@ class OrchestratorRole(Role):
         for saga, partition in restore.unfinished.values():  # registered only once complete:
             self._register(saga, partition)  # no half-built saga runs
         self.finished.merge(restore.finished)
+        self.restored += restore.sagas
         unfinished = [s for s, _ in restore.unfinished.values() if not s.terminal]
         for saga in unfinished:
             self.start(saga)
@@ -338,5 +340,5 @@ class OrchestratorRole(Role):
 
     def health(self) -> dict[str, Any]:
         active = sum(1 for s in self.sagas.values() if not s.terminal)
-        return {"active_sagas": active, "finished_sagas": len(self.finished),
+        return {"active_sagas": active, "finished_sagas": len(self.finished), "restored": self.restored,
                 "running": len(self.runners), "stock": self.inventory.stock()}
