@@ -82,6 +82,7 @@ class Producer:
         )
         self._pending: list[_Outgoing] = []
         self._last: asyncio.Future[None] | None = None
+        self._opening: list[_Outgoing] | None = None  # batch of the delivery not yet started
         # one retry policy for every delivery (a decorator built per flush showed in profiles)
         self._attempt = backoff.on_exception(
             backoff.expo, Exception, max_time=lambda: self.retry_max_s, max_value=5,
@@ -139,11 +140,17 @@ class Producer:
         Each call hands the records pending now to a delivery that starts at once but
         completes only after the delivery before it (a chain), so waiting for the newest
         delivery means everything sent before this call is durable — for any caller, in
-        O(1), without serialising the deliveries themselves.
+        O(1), without serialising the deliveries themselves. Flushes made before the newest
+        delivery has started (e.g. many sagas stepping in one event-loop turn) join its batch.
         """
         if self._pending:
-            batch, self._pending = self._pending, []
-            self._last = asyncio.ensure_future(self._deliver_after(self._last, batch))
+            if self._opening is not None:
+                self._opening.extend(self._pending)
+                self._pending = []
+            else:
+                batch, self._pending = self._pending, []
+                self._opening = batch
+                self._last = asyncio.ensure_future(self._deliver_after(self._last, batch))
         last = self._last
         if last is None:
             return
@@ -155,6 +162,8 @@ class Producer:
             raise
 
     async def _deliver_after(self, previous: asyncio.Future[None] | None, batch: list[_Outgoing]) -> None:
+        if self._opening is batch:
+            self._opening = None  # started: later flushes start the next delivery
         await self._deliver_with_retries(batch)
         if previous is not None:
             await previous
