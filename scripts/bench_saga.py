@@ -263,7 +263,7 @@ async def recovery(settings: Any, sagas: int) -> dict[str, Any]:
     while True:
         await asyncio.sleep(0.05)
         role = platform.supervisor.current.get("orchestrator") if platform.supervisor else None
-        if role is not None and len(role.finished) >= sagas:  # type: ignore[attr-defined]
+        if role is not None and role.restored >= sagas:  # type: ignore[attr-defined]
             break
     elapsed = time.perf_counter() - started
     await stop_platform(platform, task)
