@@ -58,7 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("roles not available in this build, skipped", roles=missing)
     if not names:
         raise ConfigError("no role to run")
-    return asyncio.run(run_with_signals(settings, names))
+    from .runtime import eventloop
+
+    return eventloop.run(run_with_signals(settings, names), settings.event_loop)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:

@@ -116,6 +116,7 @@ class Settings:
     demo_count: int = 0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     roles: dict[str, RoleOptions] = field(default_factory=dict)
     admin_token: str | None = field(default=None, repr=False)  # None: admin endpoints disabled
@@ -181,6 +182,7 @@ class Settings:
             demo_count=_int(env, "DEMO_COUNT", 0),  # type: ignore[arg-type]
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=env.get("LOG_FORMAT", "auto").lower(),
+            event_loop=(env.get("KAFKA_SAGA_EVENT_LOOP") or "auto").lower(),
             security=security,
             roles=roles,
             admin_token=(env.get("KAFKA_SAGA_ADMIN_TOKEN") or "").strip() or None,
@@ -199,6 +201,8 @@ class Settings:
             raise ConfigError("QUERY_ORDERS_MAX must be >= 1 and KAFKA_SAGA_FINISHED_SAGAS_MAX >= 0")
         if self.security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.security.protocol!r} is not supported")
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            raise ConfigError(f"KAFKA_SAGA_EVENT_LOOP={self.event_loop!r}: use auto, asyncio or uvloop")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError(f"LOG_FORMAT={self.log_format!r}: use auto, json or console")
 

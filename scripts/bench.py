@@ -181,7 +181,8 @@ async def main() -> int:
     if not bootstrap:
         broker = EmbeddedBroker()
         bootstrap = await broker.start()
-    report: dict = {"bootstrap": bootstrap, "embedded": broker is not None, "repeat": repeat}
+    report: dict = {"bootstrap": bootstrap, "embedded": broker is not None, "repeat": repeat,
+                    "event_loop": type(asyncio.get_running_loop()).__module__}
     try:
         wanted = args.scenarios.split(",")
         if "raw" in wanted:
@@ -218,4 +219,6 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    from kafka_saga.runtime import eventloop
+
+    sys.exit(eventloop.run(main(), os.environ.get("KAFKA_SAGA_EVENT_LOOP", "auto")))
