@@ -19,6 +19,8 @@ from .decoders import fast_decoder
 from .fields import ContractError, Field, decode_fields, json_schema, now_rfc3339
 
 MAX_MESSAGE_BYTES = 256 * 1024
+SHARED_DECODE_MAX = 4096  # records remembered per contract by Contract.decode_shared (~1 KB each)
+_SHARED: dict[type, dict[bytes, Any]] = {}
 SCHEMA_VERSION = 1
 MAX_MONEY = 10**12
 MAX_QUANTITY = 1_000_000
@@ -89,6 +91,26 @@ class Contract:
                 "wrong_shape", f"{cls.__name__}: expected a JSON object, got {type(data).__name__}"
             )
         return cls.from_dict(data)
+
+    @classmethod
+    def decode_shared(cls, raw: bytes | None) -> Self:
+        """:meth:`decode`, remembering recent results: one process running several roles
+        decodes each record once, however many of its consumers read it.
+
+        The returned object may be shared with other readers: treat it as read-only.
+        """
+        cache = _SHARED.get(cls)
+        if cache is None:
+            cache = _SHARED[cls] = {}
+        if raw is not None:
+            hit = cache.get(raw)
+            if hit is not None:
+                return hit  # type: ignore[no-any-return]
+        decoded = cls.decode(raw)  # errors are not remembered: they are rare and cheap to redo
+        if len(cache) >= SHARED_DECODE_MAX:
+            del cache[next(iter(cache))]  # oldest first (dicts keep insertion order)
+        cache[raw] = decoded  # type: ignore[index]
+        return decoded
 
     def encode(self) -> bytes:
         return orjson.dumps(self)

@@ -113,7 +113,7 @@ class ReadModel:
     def _on_event(self, record: Any) -> None:
         """Feed the orders view; malformed events are only counted (the aggregator DLQs them)."""
         try:
-            event = Event.decode(record.value)
+            event = Event.decode_shared(record.value)
         except ContractError:
             self.malformed_events += 1
             return

@@ -80,9 +80,9 @@ class AggregatorRole(Role):
         topics = self.ctx.bus.topics
         return [
             Subscription("aggregator.rekey", (topics.events,), topics.group("aggregator.rekey"),
-                         Event.decode, self.rekey),
+                         Event.decode_shared, self.rekey),
             Subscription("aggregator", (topics.events_by_user,), topics.group("aggregator"),
-                         Event.decode, self.fold, on_batch_end=self.publish,
+                         Event.decode_shared, self.fold, on_batch_end=self.publish,
                          on_assigned=self.assigned, on_revoked=self.revoked, restore=self.restore),
         ]
 

@@ -113,7 +113,7 @@ class TrackerRole(Role):
 
     def subscription(self) -> Subscription:
         topics = self.ctx.bus.topics
-        return Subscription("tracker", (topics.events,), topics.group("tracker"), Event.decode,
+        return Subscription("tracker", (topics.events,), topics.group("tracker"), Event.decode_shared,
                             self.handle, on_assigned=self.assigned, on_revoked=self.revoked,
                             restore=self.restore,
                             # the aggregator's re-key stage owns dead-lettering orders.events:

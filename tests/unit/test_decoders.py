@@ -107,3 +107,22 @@ def test_errors_stay_precise() -> None:
 ])
 def test_canonical_time(value: str, ok: bool) -> None:
     assert canonical_time(value) is ok
+
+
+def test_decode_shared_decodes_equal_bytes_once_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kafka_saga.core.contracts as contracts
+
+    monkeypatch.setattr(contracts, "SHARED_DECODE_MAX", 3)
+    monkeypatch.setitem(contracts._SHARED, Event, {})
+    raw = SAMPLES[2].encode()
+    first = Event.decode_shared(raw)
+    assert first == SAMPLES[2]
+    assert Event.decode_shared(bytes(bytearray(raw))) is first  # equal bytes, another object
+    for kind in ("OrderRejected", "OrderFailed", "OrderCompensated"):
+        Event.decode_shared(raw.replace(b"OrderApproved", kind.encode()))
+    assert len(contracts._SHARED[Event]) == 3
+    assert Event.decode_shared(raw) is not first  # the oldest went first
+    with pytest.raises(ContractError):
+        Event.decode_shared(b"{}")
+    with pytest.raises(ContractError):
+        Event.decode_shared(b"{}")  # refusals are not remembered as successes
