@@ -2,7 +2,11 @@
 
 Commands come in on ``orders.commands`` (``OrderCreate`` from clients, ``OrderReject``
 from the tracker or ``kafka-saga cancel``, and the inventory participant's answers); every
-state transition goes out as an event on ``orders.events`` *before* the saga moves on.
+state transition goes out as an event on ``orders.events`` before the saga moves on, and is
+acknowledged by the broker before the saga waits on the inventory participant or reports an
+end. In between, the saga does not wait for acknowledgements: the steps it may repeat after
+a crash lost an unacknowledged event are idempotent (validation is pure; the payment gateway
+and the inventory ledger answer a repeated request for the same saga id the same way).
 Saga state is never stored elsewhere: when this process is assigned a commands partition
 it re-reads the same partition of ``orders.events`` (same key, same partition count) and
 resumes every unfinished saga, so a ``kill -9`` or a rebalance loses nothing.
@@ -134,7 +138,7 @@ class OrchestratorRole(Role):
                     if refusal:
                         await self.finish(saga, Ending(REJECTED, step, refusal))
                     else:
-                        await self.emit(saga, saga.event(EventType.ORDER_APPROVED, step))
+                        await self.emit(saga, saga.event(EventType.ORDER_APPROVED, step), flush=False)
                 elif step is Step.PAYMENT:
                     await self.pay(saga)
                 elif step is Step.INVENTORY:
@@ -178,7 +182,8 @@ class OrchestratorRole(Role):
                                            f"payment failed after {tries - 1} retries: {error}"))
             return
         if outcome == APPROVED:
-            await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.PAYMENT, retry_count=tries - 1))
+            await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.PAYMENT, retry_count=tries - 1),
+                            flush=False)  # acknowledged with the inventory request that follows
         else:
             await self.finish(saga, Ending(REJECTED, Step.PAYMENT, "payment declined"))
 
@@ -201,7 +206,7 @@ class OrchestratorRole(Role):
             finally:
                 self.waiters.pop(saga.saga_id, None)
             if approved:
-                await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.INVENTORY))
+                await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.INVENTORY), flush=False)
             else:
                 await self.finish(saga, Ending(REJECTED, Step.INVENTORY, reason))
             return
