@@ -88,10 +88,10 @@ async def list_aggregates(request: web.Request) -> web.Response:
 async def get_aggregate(request: web.Request) -> web.Response:
     """GET /aggregates/{user} — one user's aggregate; 404 when unknown."""
     user = request.match_info["user"]
-    aggregate = _model(request).aggregates.by_user.get(user)
-    if aggregate is None:
+    body = _model(request).aggregates.bodies.get(user)  # encoded when it arrived, not per request
+    if body is None:
         return json_error(404, f"no aggregate for user {user[:200]!r}")
-    return json_response(aggregate)
+    return web.Response(body=body, content_type="application/json")
 
 
 @documented(query={"format": {"type": "string", "enum": ["prometheus"]}})

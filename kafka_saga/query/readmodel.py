@@ -23,15 +23,18 @@ class AggregateView:
 
     def __init__(self) -> None:
         self.by_user: dict[str, UserAggregate] = {}
+        self.bodies: dict[str, bytes] = {}  # each aggregate's JSON, encoded once per update
         self._sorted: list[str] = []
 
     def put(self, aggregate: UserAggregate) -> None:
         if aggregate.user not in self.by_user:
             bisect.insort(self._sorted, aggregate.user)
         self.by_user[aggregate.user] = aggregate
+        self.bodies[aggregate.user] = aggregate.encode()
 
     def delete(self, user: str) -> None:
         if self.by_user.pop(user, None) is not None:
+            self.bodies.pop(user, None)
             self._sorted.remove(user)
 
     def page(self, limit: int, after: str | None) -> tuple[list[UserAggregate], str | None]:

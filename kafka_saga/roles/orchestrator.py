@@ -310,15 +310,23 @@ class OrchestratorRole(Role):
         await self.bus.producer.flush()
 
     async def sweep(self, stop: asyncio.Event) -> None:
-        """Restart unfinished sagas that lost their task (a step crashed)."""
+        """Restart unfinished sagas that lost their task (a step crashed).
+
+        A saga counts as stalled when two sweeps in a row find it without a task: one being
+        created (registered, its first event on the way, its task not started yet) is not.
+        """
+        suspects: set[str] = set()
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
             except TimeoutError:
-                for saga in list(self.sagas.values()):
-                    if not saga.terminal and saga.saga_id not in self.runners:
-                        log.warning("resuming a stalled saga", saga_id=saga.saga_id, order_id=saga.order_id)
-                        self.start(saga)
+                idle = {s.saga_id for s in self.sagas.values()
+                        if not s.terminal and s.saga_id not in self.runners}
+                for saga_id in idle & suspects:
+                    saga = self.sagas[saga_id]
+                    log.warning("resuming a stalled saga", saga_id=saga_id, order_id=saga.order_id)
+                    self.start(saga)
+                suspects = idle
 
     async def check_partitions(self) -> None:
         commands = await self.bus.partitions(self.bus.topics.commands)
