@@ -178,7 +178,7 @@ class Producer:
         await self.breaker.call_async(self._deliver, batch)
 
     @staticmethod
-    def _on_backoff(details: dict[str, Any]) -> None:
+    def _on_backoff(details: Any) -> None:
         exc = details.get("exception")
         log.warning("delivery failed, retrying", tries=details["tries"],
                     wait_s=round(details["wait"], 3), error=repr(exc)[:200])

@@ -67,7 +67,7 @@ class Contract:
     def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Self:
         decoded = fast_decoder(cls)(data)  # valid, canonical input: one compiled function
         if decoded is not None:
-            return decoded  # type: ignore[no-any-return]
+            return decoded
         values = decode_fields(cls.FIELDS, data, path or cls.__name__)  # else: precise errors
         for name, enum in cls.ENUMS.items():
             values[name] = enum(values[name])
@@ -105,7 +105,7 @@ class Contract:
         if raw is not None:
             hit = cache.get(raw)
             if hit is not None:
-                return hit  # type: ignore[no-any-return]
+                return hit
         decoded = cls.decode(raw)  # errors are not remembered: they are rare and cheap to redo
         if len(cache) >= SHARED_DECODE_MAX:
             del cache[next(iter(cache))]  # oldest first (dicts keep insertion order)
@@ -247,16 +247,15 @@ class UserAggregate(Contract):
     metadata: dict[str, str] = field(default_factory=_empty_map)
     schema_version: int = SCHEMA_VERSION
 
-    _count = {"default": 0, "min": 0, "max": 2**62}
     FIELDS: ClassVar[tuple[Field, ...]] = (
         Field("user", "str", max_len=128),
-        Field("orders", "int", **_count),
-        Field("total_items", "int", **_count),
-        Field("approved", "int", **_count),
-        Field("rejected", "int", **_count),
-        Field("failed", "int", **_count),
-        Field("pending", "int", **_count),
-        Field("spent_cents", "int", **_count),
+        Field("orders", "int", default=0, min=0, max=2**62),
+        Field("total_items", "int", default=0, min=0, max=2**62),
+        Field("approved", "int", default=0, min=0, max=2**62),
+        Field("rejected", "int", default=0, min=0, max=2**62),
+        Field("failed", "int", default=0, min=0, max=2**62),
+        Field("pending", "int", default=0, min=0, max=2**62),
+        Field("spent_cents", "int", default=0, min=0, max=2**62),
         Field("status", "enum", default="", choices=("", "pending", "approved", "rejected", "failed")),
         Field("last_updated", "str", default="", max_len=64),
         Field("metadata", "map", default=_empty_map),

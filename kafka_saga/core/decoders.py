@@ -84,7 +84,7 @@ def _compile(model: type) -> Callable[[dict[str, Any]], Any]:
     lines.append(f"    return MODEL({args})")
     namespace: dict[str, Any] = {}
     exec(compile("\n".join(lines), f"<decoder {model.__name__}>", "exec"), env, namespace)  # noqa: S102
-    return namespace["decode"]  # type: ignore[no-any-return]
+    return namespace["decode"]
 
 
 def _bounds(name: str, low: int | None, high: int | None) -> str:

@@ -25,7 +25,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         if choice == "uvloop":
             raise ConfigError("KAFKA_SAGA_EVENT_LOOP=uvloop but uvloop is not installed") from None
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:

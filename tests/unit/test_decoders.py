@@ -10,8 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kafka_saga.core.contracts import (
-    Command, CommandType, Contract, ContractError, Event, EventType, InventoryRequest, Snapshot,
-    Step, UserAggregate,
+    Command,
+    CommandType,
+    Contract,
+    ContractError,
+    Event,
+    EventType,
+    InventoryRequest,
+    Snapshot,
+    Step,
+    UserAggregate,
 )
 from kafka_saga.core.decoders import canonical_time, fast_decoder
 from kafka_saga.core.fields import decode_fields
