@@ -26,6 +26,7 @@ from kafka_saga.core.submission import new_order_command
 from kafka_saga.replay import replay_events
 from kafka_saga.runtime.http import HttpServer
 from kafka_saga.runtime.platform import Platform
+from tests.support.processes import memory_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_ROLES = ["orchestrator", "tracker", "aggregator", "dlq", "query"]
@@ -287,7 +288,7 @@ async def memory(settings: Any, orders: int, chunk: int = 5000) -> dict[str, Any
             await bus.producer.send(bus.topics.commands, command.encode(), command.key)
         await bus.producer.flush()
         await watch.wait_for([c.snapshot.order_id for c in batch], timeout=600)
-        peak = max(peak, _rss_kb(proc.pid))
+        peak = max(peak, memory_kb(proc.pid, "VmHWM"))  # the kernel's peak, between samples too
         watch.terminal_at.clear()
     elapsed = time.perf_counter() - started
     await watch.close()
@@ -295,11 +296,3 @@ async def memory(settings: Any, orders: int, chunk: int = 5000) -> dict[str, Any
     proc.terminate()
     proc.wait()
     return {"orders": orders, "peak_rss_mb": peak / 1024, "seconds": elapsed}
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0

@@ -4,7 +4,6 @@ a slow link. A dedicated broker advertises a TCP proxy's port, so every client g
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from kafka_saga.core.contracts import Event
 from kafka_saga.replay import compare, fetch_live, replay_events
 
 from ..support.platform import eventually
+from ..support.processes import json_log_lines
 from ..support.proxy import TcpProxy
 
 pytestmark = pytest.mark.chaos
@@ -63,17 +63,6 @@ def spawn(settings, roles: str, log_path: str, **env: str) -> subprocess.Popen[b
         [sys.executable, "-m", "kafka_saga", "run", "--roles", roles,
          "--bootstrap-servers", settings.bootstrap_servers],
         env=full, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-
-
-def log_events(path: str) -> list[dict]:
-    out = []
-    with open(path, "rb") as fh:
-        for line in fh:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 async def sagas(bus) -> dict[str, list[Event]]:
@@ -146,7 +135,7 @@ async def test_a_15s_cut_mid_run_opens_the_breaker_and_loses_nothing(proxied, tm
         count, redelivered, redone = check_exactly_once(found)
         metrics = await _json(f"http://127.0.0.1:{port}/metrics")
         assert metrics["breaker_opened"] >= 1
-        events = [e.get("event", "") for e in log_events(log_path)]
+        events = [e.get("event", "") for e in json_log_lines(log_path)]
         assert "circuit breaker open" in events and "circuit breaker closed" in events
 
         async def converged():
@@ -176,7 +165,7 @@ async def test_a_cut_at_start_up_waits_and_retries(proxied, tmp_path):
     try:
         await asyncio.sleep(8)
         assert proc.poll() is None, "the runtime exited instead of waiting for the broker"
-        waiting = [e for e in log_events(log_path) if e.get("event") == "broker not reachable yet, retrying"]
+        waiting = [e for e in json_log_lines(log_path) if e.get("event") == "broker not reachable yet, retrying"]
         assert waiting and "Traceback" not in open(log_path).read()
         await proxy.restore()
         found = await eventually(lambda: all_demo_orders_ended(bus, 200), timeout=120,
@@ -203,7 +192,7 @@ async def test_a_slow_link_only_slows_things_down(proxied, tmp_path):
 
 def _demo_sent(log_path: str, count: int) -> bool:
     return any(e.get("event") == "demo orders submitted" and e.get("sent", 0) >= count
-               for e in log_events(log_path))
+               for e in json_log_lines(log_path))
 
 
 async def _json(url: str) -> dict:

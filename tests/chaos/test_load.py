@@ -16,7 +16,8 @@ from kafka_saga.replay import compare, fetch_live, replay_events
 from ..integration.test_crash import mixed_orders
 from ..integration.test_saga import submit
 from ..support.platform import eventually
-from .test_broker_faults import all_demo_orders_ended, check_exactly_once, log_events, sagas, spawn
+from ..support.processes import json_log_lines, memory_kb
+from .test_broker_faults import all_demo_orders_ended, check_exactly_once, sagas, spawn
 
 pytestmark = pytest.mark.chaos
 SOAK_S = float(os.environ.get("CHAOS_SOAK_S", "45"))
@@ -38,14 +39,14 @@ async def test_sigterm_under_load_exits_zero_quickly_and_loses_nothing(settings,
         if proc.poll() is None:
             proc.kill()
     assert code == 0 and stop_s < 10, (code, stop_s)
-    sent = max(e.get("sent", 0) for e in log_events(first_log) if "sent" in e)
+    sent = max(e.get("sent", 0) for e in json_log_lines(first_log) if "sent" in e)
     # restart without the generator: what was submitted before the stop must all finish
     proc = spawn(settings, ALL_BUT_DEMO, second_log, QUERY_API_PORT="0")
     try:
         found = await eventually(lambda: all_demo_orders_ended(bus, sent), timeout=180,
                                  interval=1.0, what="every order submitted before SIGTERM ended")
         count, redelivered, redone = check_exactly_once(found)
-        rehandled = sum(1 for e in log_events(second_log) if e.get("event") == "duplicate command ignored")
+        rehandled = sum(1 for e in json_log_lines(second_log) if e.get("event") == "duplicate command ignored")
         print(f"\nSIGTERM under load: stopped in {stop_s:.2f}s (exit {code}), {count} orders "
               f"submitted before it, lost 0, commands handled again after restart {rehandled}, "
               f"redelivered records {redelivered}, redone steps {redone}")
@@ -125,7 +126,7 @@ async def test_soak_memory_flat_lag_bounded_no_errors(settings, bus, tmp_path):
         while time.monotonic() - started < SOAK_S:
             await asyncio.sleep(SOAK_S / 12)
             metrics = await _get(f"{url}/metrics")
-            samples.append((time.monotonic() - started, _rss_kb(proc.pid), sum(metrics["lag"].values())))
+            samples.append((time.monotonic() - started, memory_kb(proc.pid), sum(metrics["lag"].values())))
         stop.set()
         await asyncio.gather(*readers)
     finally:
@@ -134,7 +135,7 @@ async def test_soak_memory_flat_lag_bounded_no_errors(settings, bus, tmp_path):
     warm = [s[1] for s in samples[len(samples) // 3:]]
     growth_mb = (warm[-1] - warm[0]) / 1024
     max_lag = max(s[2] for s in samples)
-    errors = [e for e in log_events(log_path) if e.get("level") in ("error", "critical")]
+    errors = [e for e in json_log_lines(log_path) if e.get("level") in ("error", "critical")]
     print(f"\nsoak: {SOAK_S:.0f}s at 100 orders/s with {reads} concurrent reads, RSS "
           f"{warm[0] / 1024:.0f} -> {warm[-1] / 1024:.0f} MB after warm-up, max lag {max_lag}, "
           f"error logs {len(errors)}")
@@ -142,14 +143,6 @@ async def test_soak_memory_flat_lag_bounded_no_errors(settings, bus, tmp_path):
     assert growth_mb < 40, samples
     assert max_lag < 2000, samples
     assert not errors, errors[:5]
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 async def _get(url: str) -> dict:
@@ -167,4 +160,4 @@ async def _up(url: str) -> bool:
 
 def _demo_sent(log_path: str, count: int) -> bool:
     return any(e.get("event") == "demo orders submitted" and e.get("sent", 0) >= count
-               for e in log_events(log_path))
+               for e in json_log_lines(log_path))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from kafka_saga.bus.embedded import free_port
 
 from ..support.orders import produce_events, random_orders
 from ..support.platform import eventually
+from ..support.processes import json_log_lines, pid_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,29 +30,6 @@ def _spawn(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Po
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "kafka_saga", *args], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
-
-
-def _log_lines(path: str) -> list[dict]:
-    lines = []
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                lines.append(json.loads(raw))
-            except ValueError:
-                continue
-    return lines
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_sigterm_commits_offsets_and_exits_zero(settings, bus, tmp_path):
@@ -90,14 +67,14 @@ async def test_sigterm_commits_offsets_and_exits_zero(settings, bus, tmp_path):
         await consumer.stop()
     assert committed == ends
     assert sum(ends.values()) == len(events)
-    messages = [line.get("event") for line in _log_lines(log_path)]
+    messages = [line.get("event") for line in json_log_lines(log_path)]
     assert "stop requested" in messages and "runtime stopped" in messages
 
 
 def _consumed(log_path: str, proc: subprocess.Popen[bytes]) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"runtime exited early: {open(log_path).read()[-3000:]}")
-    return any(line.get("event") == "partitions assigned" for line in _log_lines(log_path))
+    return any(line.get("event") == "partitions assigned" for line in json_log_lines(log_path))
 
 
 async def _aggregates_published(bus, settings) -> bool:
@@ -116,10 +93,10 @@ async def test_embedded_broker_dies_with_a_killed_runtime(tmp_path):
                                 what="embedded broker log line")
         broker_pid = int(line["pid"])
         assert line["bootstrap"] == f"127.0.0.1:{port}"
-        assert _pid_alive(broker_pid)
+        assert pid_alive(broker_pid)
         proc.kill()
         await asyncio.to_thread(proc.wait, 10)
-        await eventually(lambda: not _pid_alive(broker_pid), timeout=10, what="broker gone")
+        await eventually(lambda: not pid_alive(broker_pid), timeout=10, what="broker gone")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -128,7 +105,7 @@ async def test_embedded_broker_dies_with_a_killed_runtime(tmp_path):
 def _broker_line(log_path: str, proc: subprocess.Popen[bytes]) -> dict | None:
     if proc.poll() is not None:
         raise AssertionError(f"runtime exited early: {open(log_path).read()[-3000:]}")
-    for line in _log_lines(log_path):
+    for line in json_log_lines(log_path):
         if line.get("event", "").startswith("using embedded Tansu broker"):
             return line
     return None
@@ -156,7 +133,7 @@ async def test_broker_command_runs_in_foreground_and_stops_on_sigterm(tmp_path):
 
 
 def _ready_line(log_path: str) -> bool:
-    return any("ready" in str(line.get("event")) for line in _log_lines(log_path))
+    return any("ready" in str(line.get("event")) for line in json_log_lines(log_path))
 
 
 def test_topic_partition_helper_sanity():

@@ -22,6 +22,8 @@ import pytest
 
 from kafka_saga.bus.embedded import free_port
 
+from ..support.processes import pid_alive
+
 ROOT = Path(__file__).resolve().parents[2]
 START = ROOT / "scripts" / "start.sh"
 STOP = ROOT / "scripts" / "stop.sh"
@@ -38,20 +40,6 @@ def _free_ports(count: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its new parent) is gone for our purpose
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return not sys.platform.startswith("linux")
 
 
 def _cmdline(pid: int) -> str:
@@ -89,7 +77,7 @@ def _logs(run_dir: Path) -> str:
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
-        alive = [pid for pid in pids if _pid_alive(pid)]
+        alive = [pid for pid in pids if pid_alive(pid)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
@@ -130,7 +118,7 @@ def test_start_runs_every_role_as_its_own_process_and_stop_ends_them(tmp_path):
         pids = {p.stem: int(p.read_text().strip()) for p in pid_dir.iterdir()}
         assert len(set(pids.values())) == len(pids)
         for name, pid in pids.items():
-            assert _pid_alive(pid), f"{name} (pid {pid}) is not running\n{_logs(run_dir)}"
+            assert pid_alive(pid), f"{name} (pid {pid}) is not running\n{_logs(run_dir)}"
         if sys.platform.startswith("linux"):
             assert f"kafka_saga broker --port {broker_port}" in _cmdline(pids["broker"])
             for role in ROLES:
