@@ -25,7 +25,7 @@ _CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z").fullmatch
 _fromisoformat = datetime.fromisoformat
 
 
-def canonical_time(value: str) -> bool:
+def is_canonical_time(value: str) -> bool:
     """An RFC 3339 UTC timestamp exactly as we write it, a real date in years 1000-9998."""
     if not _CANONICAL(value) or value < "1000" or value[:4] > "9998":
         return False
@@ -61,7 +61,7 @@ def fast_decoder(model: type) -> Callable[[dict[str, Any]], Any]:
 def _compile(model: type) -> Callable[[dict[str, Any]], Any]:
     fields: tuple[Field, ...] = model.FIELDS  # type: ignore[attr-defined]
     enums: dict[str, Any] = getattr(model, "ENUMS", {})
-    env: dict[str, Any] = {"MODEL": model, "canonical_time": canonical_time}
+    env: dict[str, Any] = {"MODEL": model, "is_canonical_time": is_canonical_time}
     lines = ["def decode(data):", "    get = data.get"]
     for i, field in enumerate(fields):
         lines.append(f"    v = get({field.name!r})")
@@ -111,7 +111,7 @@ def _checks(field: Field, i: int, enum: Any, env: dict[str, Any]) -> list[str]:
         env[f"E{i}"] = {c: (enum(c) if enum else c) for c in field.choices}
         return [f"v = E{i}.get(v) if type(v) is str else None", "if v is None: return None"]
     if kind == "time":
-        return ["if type(v) is not str or not canonical_time(v): return None"]
+        return ["if type(v) is not str or not is_canonical_time(v): return None"]
     if kind == "map":
         env[f"M{i}"] = _map_ok(field.max_len)
         return [f"if type(v) is not dict or (v and not M{i}(v)): return None"]

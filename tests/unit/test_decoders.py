@@ -21,7 +21,7 @@ from kafka_saga.core.contracts import (
     Step,
     UserAggregate,
 )
-from kafka_saga.core.decoders import canonical_time, fast_decoder
+from kafka_saga.core.decoders import fast_decoder, is_canonical_time
 from kafka_saga.core.fields import decode_fields
 
 TS = "2026-03-01T12:00:00.000000Z"
@@ -113,8 +113,8 @@ def test_errors_stay_precise() -> None:
     ("2026-02-30T00:00:00.000000Z", False), ("2026-03-01T12:00:00Z", False),
     ("2026-03-01T12:00:00.000000+00:00", False), ("2026-03-01 12:00:00.000000Z", False),
 ])
-def test_canonical_time(value: str, ok: bool) -> None:
-    assert canonical_time(value) is ok
+def test_is_canonical_time(value: str, ok: bool) -> None:
+    assert is_canonical_time(value) is ok
 
 
 def test_decode_shared_decodes_equal_bytes_once_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
