@@ -1,0 +1,48 @@
+"""The burst scenario of scripts/bench.py: the steady maximum, then N orders written at once.
+
+A runtime with every role but the demo runs in a process of its own; this process writes the
+orders with an independent client (kafka-python) and follows the outcomes on orders.events.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from kafka_saga.bus.client import Bus
+from tests.support.burst import Watch, burst, dead_letters, spawn_runtime, steady, warm_up
+
+
+async def burst_scenario(settings: Any, orders: int, steady_orders: int = 6000,
+                         kill: bool = False) -> dict[str, Any]:
+    """Steady maximum, then a burst of ``orders`` (with ``kill``: a SIGKILL half-way)."""
+    log_dir = tempfile.mkdtemp(prefix="bench-burst-")
+    runs = iter(range(100))
+
+    def start() -> Any:
+        return spawn_runtime(settings, os.path.join(log_dir, f"runtime-{next(runs)}.log"))
+
+    bus = Bus(settings, settings.bootstrap_servers)
+    await bus.ensure_topics()
+    await bus.start()
+    proc = start()
+    watch = Watch(bus)
+    watch.start()
+    try:
+        await warm_up(bus, watch)
+        base = await steady(bus, watch, steady_orders)
+        result = await burst(bus, watch, proc, orders, kill_after=orders // 3 if kill else None,
+                             restart=start)
+        proc = result.pop("process")
+        result["dlq"] = dict(await dead_letters(bus))
+        result["steady"] = base
+        result["ratio"] = round(result["orders_per_s"] / base["orders_per_s"], 3)
+        result["doubled_transitions"] = watch.outcomes.doubled()
+        result["logs"] = log_dir
+        return result
+    finally:
+        await watch.close()
+        await bus.stop()
+        proc.terminate()
+        proc.wait()

@@ -1,0 +1,199 @@
+"""A burst of orders against a runtime in another process, for the burst test and `make bench`.
+
+An independent client (kafka-python, its own partitioner) writes orders to ``orders.commands``;
+this process follows ``orders.events`` and the DLQ and reports each order's outcome, the time
+to drain, the throughput and the runtime's peak RSS. ``steady`` measures the same runtime's
+steady maximum first: a closed loop that keeps a fixed number of orders outstanding, so the
+platform runs at its own pace without a backlog. The ratio burst / steady is the honest figure
+on a shared machine (both measured in the same run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+
+from kafka_saga.bus.client import Bus
+from kafka_saga.bus.follow import TopicFollower, read_topic
+from kafka_saga.core.catalog import Catalog
+from kafka_saga.core.contracts import Command
+from kafka_saga.core.dead_letters import read_dead_letter
+from kafka_saga.core.submission import new_order_command
+
+from .processes import memory_kb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ALL_BUT_DEMO = "orchestrator,tracker,aggregator,dlq,query"
+ITEMS = ("espresso", "latte", "cappuccino", "americano")  # 100,000 each: plenty of stock
+TERMINAL = ("OrderRejected", "OrderFailed")
+
+
+def burst_orders(count: int, users: int = 100, tag: str = "b") -> list[Command]:
+    """``count`` valid orders over ``users`` users: every one is approved at any pace."""
+    catalog = Catalog()
+    return [new_order_command(f"{tag}user{i % users:03d}", ITEMS[i % len(ITEMS)], 1, catalog)
+            for i in range(count)]
+
+
+def write_with_foreign_client(bootstrap: str, topic: str, commands: list[Command]) -> float:
+    """Write every command with kafka-python (not our producer) as fast as it goes; seconds."""
+    started = time.perf_counter()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+                             batch_size=256 * 1024, enable_idempotence=False)
+    try:
+        for command in commands:
+            producer.send(topic, key=command.snapshot.order_id.encode(), value=command.encode())
+        producer.flush(120)
+    finally:
+        producer.close(5)
+    return time.perf_counter() - started
+
+
+@dataclass
+class Outcomes:
+    """What ``orders.events`` says of each order: its terminal type and when it was seen."""
+
+    status: dict[str, str] = field(default_factory=dict)  # order_id -> approved | rejected | failed
+    at: dict[str, float] = field(default_factory=dict)  # order_id -> perf_counter when terminal
+    ends: Counter[str] = field(default_factory=Counter)  # order_id -> terminal events seen
+    transitions: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+    def apply(self, record: Any) -> None:
+        data = orjson.loads(record.value)
+        kind, step, order_id = data["type"], data["step"], data["snapshot"]["order_id"]
+        self.transitions[(order_id, kind, step)] += 1
+        if kind in TERMINAL or (kind == "OrderApproved" and step == "Finalize"):
+            self.ends[order_id] += 1
+            outcome = "approved" if kind == "OrderApproved" else kind[5:].lower()
+            if kind in TERMINAL or order_id not in self.status:
+                self.status[order_id] = outcome
+            self.at.setdefault(order_id, time.perf_counter())
+
+    def count(self, order_ids: list[str]) -> Counter[str]:
+        return Counter(self.status.get(o, "pending") for o in order_ids)
+
+    def doubled(self) -> int:
+        """Transitions written more than once for the same order (a step run twice)."""
+        return sum(1 for n in self.transitions.values() if n > 1)
+
+
+class Watch:
+    """Follows ``orders.events`` in this process while the runtime works in another."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.outcomes = Outcomes()
+        self.stop = asyncio.Event()
+        self.follower = TopicFollower(bus, bus.topics.events, self.outcomes.apply, "burst watch")
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.follower.run(self.stop))
+
+    async def wait_for(self, order_ids: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(o in self.outcomes.at for o in order_ids):
+            if time.monotonic() > deadline:
+                done = sum(1 for o in order_ids if o in self.outcomes.at)
+                raise TimeoutError(f"only {done}/{len(order_ids)} orders ended within {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task:
+            await self.task
+
+
+def spawn_runtime(settings: Any, log_path: str, roles: str = ALL_BUT_DEMO,
+                  **env: str) -> subprocess.Popen[bytes]:
+    """``kafka-saga run`` in a process of its own, logging JSON to ``log_path``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PAYMENT_", "INVENTORY_"))}
+    full = {**base, "PYTHONPATH": ROOT, "LOG_FORMAT": "json", "LOG_LEVEL": "warning",
+            "KAFKA_SAGA_TOPIC_PREFIX": settings.topic_prefix, "QUERY_API_PORT": "0",
+            "KAFKA_SAGA_PARTITIONS": str(settings.partitions), "PAYMENT_FAILURE_RATE": "0", **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kafka_saga", "run", "--roles", roles,
+         "--bootstrap-servers", settings.bootstrap_servers],
+        env=full, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+async def dead_letters(bus: Bus) -> Counter[str]:
+    """The DLQ's records by reason."""
+    reasons: Counter[str] = Counter()
+    await read_topic(bus, bus.topics.dlq, lambda r: reasons.update([read_dead_letter(r).reason]), 60)
+    return reasons
+
+
+async def submit(bus: Bus, commands: list[Command]) -> None:
+    """Our own producer, for the warm-up and the steady loop."""
+    for command in commands:
+        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+    await bus.producer.flush()
+
+
+async def warm_up(bus: Bus, watch: Watch, timeout: float = 90) -> None:
+    """One order through every step: the runtime's groups have joined."""
+    order = burst_orders(1, tag="w")
+    await submit(bus, order)
+    await watch.wait_for([order[0].snapshot.order_id], timeout)
+
+
+async def steady(bus: Bus, watch: Watch, orders: int, outstanding: int = 400) -> dict[str, Any]:
+    """The steady maximum: a closed loop keeping ``outstanding`` orders in the platform."""
+    batch = burst_orders(orders, tag="s")
+    started = time.perf_counter()
+    sent = 0
+    while sent < len(batch):
+        done = sum(1 for c in batch[:sent] if c.snapshot.order_id in watch.outcomes.at)
+        room = outstanding - (sent - done)
+        if room > 0:
+            await submit(bus, batch[sent:sent + room])
+            sent = min(len(batch), sent + room)
+        await asyncio.sleep(0.01)
+    ids = [c.snapshot.order_id for c in batch]
+    await watch.wait_for(ids, timeout=600)
+    elapsed = max(watch.outcomes.at[o] for o in ids) - started
+    return {"orders": orders, "seconds": round(elapsed, 2), "orders_per_s": round(orders / elapsed, 1),
+            "outcomes": dict(watch.outcomes.count(ids))}
+
+
+async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: int,
+                timeout: float = 900, kill_after: int | None = None,
+                restart: Any = None) -> dict[str, Any]:
+    """``orders`` written at once by a foreign client; with ``kill_after``, the runtime is
+    SIGKILLed once that many orders have ended and ``restart()`` starts its replacement."""
+    batch = burst_orders(orders)
+    ids = [c.snapshot.order_id for c in batch]
+    started = time.perf_counter()
+    write_s = await asyncio.to_thread(write_with_foreign_client, bus.bootstrap, bus.topics.commands, batch)
+    peak_kb = 0
+    killed_at = None
+    deadline = time.monotonic() + timeout
+    while True:
+        done = sum(1 for o in ids if o in watch.outcomes.at)
+        if proc.poll() is None:
+            peak_kb = max(peak_kb, memory_kb(proc.pid, "VmHWM"))
+        if kill_after is not None and killed_at is None and done >= kill_after:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = done
+            proc = restart()
+        if done == len(ids):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {done}/{len(ids)} burst orders ended within {timeout}s")
+        await asyncio.sleep(0.25)
+    elapsed = max(watch.outcomes.at[o] for o in ids) - started
+    return {"orders": orders, "write_s": round(write_s, 2), "drain_s": round(elapsed, 2),
+            "orders_per_s": round(orders / elapsed, 1), "peak_rss_mb": round(peak_kb / 1024, 1),
+            "outcomes": dict(watch.outcomes.count(ids)), "killed_after": killed_at,
+            "process": proc}
