@@ -23,9 +23,16 @@ from .core.contracts import (
 
 # channel id -> (topic attribute, key, description, messages, who sends, who receives)
 CHANNELS: dict[str, tuple[str, str, str, list[str], list[str], list[str]]] = {
-    "ordersCommands": ("commands", "order_id", "Intents: order creation, rejections, participant answers.",
-                       [t.value for t in CommandType], ["client", "tracker", "inventory", "demo"],
+    "ordersCommands": ("commands", "order_id", "Intents: order creation and rejections (flow-controlled: "
+                       "paused while the orchestrator is at its in-flight bound).",
+                       [t.value for t in CommandType], ["client", "tracker", "demo"],
                        ["orchestrator"]),
+    "ordersReplies": ("replies", "saga's command partition (explicit, from the request's "
+                      "reply-partition header or the OrderCreated event)",
+                      "Answers to running sagas: the inventory participant's OrderApprove/OrderReject "
+                      "and the tracker's OrderReject. Never paused.",
+                      [CommandType.ORDER_APPROVE.value, CommandType.ORDER_REJECT.value],
+                      ["inventory", "tracker"], ["orchestrator"]),
     "ordersEvents": ("events", "order_id", "Every saga state transition, in order per order.",
                      [t.value for t in EventType], ["orchestrator"],
                      ["aggregator", "tracker", "query", "replay"]),

@@ -109,6 +109,8 @@ class Settings:
     inventory_timeout_s: float = 5.0
     inventory_max_tries: int = 3
     finished_sagas_max: int = 50_000
+    max_in_flight: int = 600  # sagas in progress per orchestrator process (see README: Backpressure)
+    max_backlog: int = 0  # POST /orders answers 503 above this many commands waiting (0 = off)
     query_orders_max: int = 20_000  # sagas the query view keeps in full (older: status only)
     wait_max_s: float = 30.0
     broker_watch_s: float = 5.0
@@ -175,6 +177,8 @@ class Settings:
             inventory_timeout_s=_float(env, "INVENTORY_TIMEOUT_S", 5.0),
             inventory_max_tries=_int(env, "INVENTORY_MAX_TRIES", 3),  # type: ignore[arg-type]
             finished_sagas_max=_int(env, "KAFKA_SAGA_FINISHED_SAGAS_MAX", 50_000),  # type: ignore[arg-type]
+            max_in_flight=_int(env, "KAFKA_SAGA_MAX_IN_FLIGHT", 600),  # type: ignore[arg-type]
+            max_backlog=_int(env, "KAFKA_SAGA_MAX_BACKLOG", 0),  # type: ignore[arg-type]
             query_orders_max=_int(env, "QUERY_ORDERS_MAX", 20_000),  # type: ignore[arg-type]
             wait_max_s=_float(env, "QUERY_WAIT_MAX_S", 30.0),
             broker_watch_s=_float(env, "KAFKA_SAGA_BROKER_WATCH_S", 5.0),
@@ -199,6 +203,9 @@ class Settings:
             raise ConfigError("KAFKA_SAGA_PARTITIONS must be at least 1")
         if self.query_orders_max < 1 or self.finished_sagas_max < 0:
             raise ConfigError("QUERY_ORDERS_MAX must be >= 1 and KAFKA_SAGA_FINISHED_SAGAS_MAX >= 0")
+        if self.max_in_flight < 1 or self.max_backlog < 0:
+            raise ConfigError("KAFKA_SAGA_MAX_IN_FLIGHT must be >= 1 and KAFKA_SAGA_MAX_BACKLOG >= 0 "
+                              "(0 = no admission limit)")
         if self.security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.security.protocol!r} is not supported")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):

@@ -10,6 +10,11 @@ offsets of every batch handled so far are committed. A crash re-delivers what wa
 since the last checkpoint: handlers are idempotent. Checkpointing every batch instead would
 put a flush and a commit round trip on every record's path at low rates.
 
+A subscription with an :class:`~kafka_saga.bus.inflight.InFlight` bound is flow-controlled:
+a governed partition whose work in flight reaches its share of the bound is sought back to
+the first record not handled and paused, and resumed at the low-water mark (see
+:mod:`kafka_saga.bus.inflight`); the records wait in Kafka.
+
 Each runner reports its progress (records handled, batches committed, lag per partition) to
 the supervisor's watchdog (:mod:`kafka_saga.runtime.watchdog`), which restarts a role whose
 consumer stopped moving while records wait.
@@ -31,6 +36,7 @@ from .. import logs
 from ..core.contracts import ContractError
 from ..runtime.watchdog import Progress
 from .client import Bus, retry_until
+from .inflight import InFlight
 from .producer import DeliveryError
 
 Handler = Callable[[Any, Any], Awaitable[None]]
@@ -59,6 +65,8 @@ class Subscription:
     # records below the committed offset go to ``restore`` (rebuild state, no side effects);
     # the rest go to ``handle`` as usual.
     restore: Handler | None = None
+    # Work started per record and finished later (e.g. sagas): bounded, with pause/resume.
+    in_flight: InFlight | None = None
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -82,6 +90,9 @@ class _Runner(ConsumerRebalanceListener):
         self.commit_interval_s = bus.settings.commit_interval_ms / 1000
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
         self.progress = Progress(sub.role, sub.group_id, worker)
+        self.gate = sub.in_flight
+        if self.gate is not None:
+            bus.metrics.in_flight_limit.labels(role=sub.role).set(self.gate.limit)
 
     # --- rebalance: finish and commit the current batch before giving partitions away ---
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -92,6 +103,10 @@ class _Runner(ConsumerRebalanceListener):
                     self.committed.pop(tp, None)
                     self.restore_until.pop(tp, None)
                 self.progress.forget(_names(revoked))
+                if self.gate is not None:
+                    for tp in revoked & self.gate.paused:
+                        self._paused_gauge(tp, 0)
+                    self.gate.disown(revoked)
                 if self.sub.on_revoked:
                     await self.sub.on_revoked(set(revoked))
                 self.log.info("partitions revoked", partitions=_names(revoked))
@@ -113,6 +128,8 @@ class _Runner(ConsumerRebalanceListener):
             if any(committed.values()):
                 self.log.info("restoring state from the log",
                               until={f"{tp.topic}:{tp.partition}": o for tp, o in committed.items()})
+        if self.gate is not None:
+            self.gate.own(assigned, self.progress.tick)  # finished work is progress
         if self.sub.on_assigned:
             await self.sub.on_assigned(self.consumer, committed)
         self.progress.tick()
@@ -136,7 +153,9 @@ class _Runner(ConsumerRebalanceListener):
         next_checkpoint = 0.0
         try:
             while not stop.is_set():
-                batches = await self.consumer.getmany(timeout_ms=200)
+                paused = self._resume_with_room() if self.gate is not None else False
+                # while paused, poll often: a partition resumes as soon as its work drains
+                batches = await self.consumer.getmany(timeout_ms=50 if paused else 200)
                 if not batches:
                     if self.handled:  # idle: nothing left to batch with, commit now
                         async with self.lock:
@@ -155,6 +174,8 @@ class _Runner(ConsumerRebalanceListener):
                             progress.settle(_name(tp), 0)
                     if self.sub.on_batch_end:
                         await self.sub.on_batch_end()
+                    if self.gate is not None:
+                        self.bus.metrics.in_flight.labels(role=self.sub.role).set(self.gate.total)
                     now = time.monotonic()
                     if now >= next_checkpoint:
                         await self._checkpoint()
@@ -184,7 +205,13 @@ class _Runner(ConsumerRebalanceListener):
         latency = self.bus.metrics.latency
         restore_until = self.restore_until.get(tp, 0)
         progress = self.progress
+        gate = self.gate if self.gate is not None and self.gate.governs(tp) else None
+        last = -1
         for record in records:
+            if gate is not None and record.offset >= restore_until and gate.full(tp):
+                self._pause(tp, record.offset)  # the rest waits in Kafka
+                break
+            last = record.offset
             handler = sub.handle
             if record.offset < restore_until:
                 handler = sub.restore  # type: ignore[assignment]
@@ -207,13 +234,48 @@ class _Runner(ConsumerRebalanceListener):
             if record.timestamp and record.timestamp > 0:
                 latency.observe(max(0.0, now - record.timestamp / 1000))
             progress.tick()  # a slow handler that gets through records is not stalled
-        self.handled[tp] = max(self.handled.get(tp, 0), records[-1].offset + 1)
-        self.consumed[tp.topic].inc(len(records))
+        if last < 0:
+            return
+        self.handled[tp] = max(self.handled.get(tp, 0), last + 1)
+        self.consumed[tp.topic].inc(len(records) if last == records[-1].offset
+                                    else sum(1 for r in records if r.offset <= last))
         high = self.consumer.highwater(tp)
         lag = max(0, (high or 0) - self.handled[tp])
         progress.settle(_name(tp), lag)
         if high is not None:
             self.bus.metrics.lag.labels(role=sub.role, topic=tp.topic, partition=str(tp.partition)).set(lag)
+
+    # --- backpressure ---
+    def _pause(self, tp: TopicPartition, offset: int) -> None:
+        """Stop fetching ``tp`` at ``offset`` (the first record not handled) until it has room."""
+        self.consumer.seek(tp, offset)
+        self.consumer.pause(tp)
+        assert self.gate is not None
+        self.gate.paused.add(tp)
+        self._paused_gauge(tp, 1)
+
+    def _resume_with_room(self) -> bool:
+        """Resume the paused partitions back at their low-water mark; whether any stay paused."""
+        gate = self.gate
+        assert gate is not None
+        if not gate.paused:
+            return False
+        mine = self.consumer.assignment()
+        still = False
+        for tp in list(gate.paused):
+            if tp not in mine:
+                continue
+            if gate.has_room(tp):
+                self.consumer.resume(tp)
+                gate.paused.discard(tp)
+                self._paused_gauge(tp, 0)
+            else:
+                still = True
+        return still
+
+    def _paused_gauge(self, tp: TopicPartition, value: int) -> None:
+        self.bus.metrics.paused.labels(role=self.sub.role, topic=tp.topic,
+                                       partition=str(tp.partition)).set(value)
 
     async def _reject(self, record: Any, reason: str, error: str) -> None:
         if self.sub.dead_letter:

@@ -40,6 +40,7 @@ class _Outgoing:
     value: bytes | None
     key: bytes | None
     headers: Headers
+    partition: int | None = None
     future: asyncio.Future[Any] | None = field(default=None)
 
 
@@ -99,12 +100,14 @@ class Producer:
             await self.kafka.stop()
 
     async def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-                   headers: Headers | None = None) -> None:
-        """Enqueue one record; it is delivered by the next :meth:`flush` at the latest."""
-        record = _Outgoing(topic, value, key, headers or [])
+                   headers: Headers | None = None, partition: int | None = None) -> None:
+        """Enqueue one record (to ``partition`` if given, else by key); it is delivered by the
+        next :meth:`flush` at the latest."""
+        record = _Outgoing(topic, value, key, headers or [], partition)
         if self.metrics.breaker_state != "open":
             try:
-                record.future = await self.kafka.send(topic, value, key=key, headers=record.headers)
+                record.future = await self.kafka.send(topic, value, key=key, headers=record.headers,
+                                                      partition=partition)
             except KafkaError:
                 record.future = None  # re-sent by flush, behind the breaker
         # Pending only once handed to the client: a flush running meanwhile (kafka.send may
@@ -186,7 +189,8 @@ class Producer:
     async def _deliver(self, batch: list[_Outgoing]) -> None:
         for rec in batch:
             if rec.future is None or (rec.future.done() and _failed(rec.future)):
-                rec.future = await self.kafka.send(rec.topic, rec.value, key=rec.key, headers=rec.headers)
+                rec.future = await self.kafka.send(rec.topic, rec.value, key=rec.key, headers=rec.headers,
+                                                   partition=rec.partition)
         for rec in batch:  # records of one produce request complete together: few real waits
             future = rec.future
             if not future.done():  # type: ignore[union-attr]

@@ -41,6 +41,16 @@ class Topics:
         """Stock reservations, keyed by item: one owner per item (no oversell across processes)."""
         return f"{self.prefix}orders.inventory"
 
+    @property
+    def replies(self) -> str:
+        """Messages addressed to a saga already running: participant answers and rejects.
+
+        Same partition count as ``orders.commands``; each record is written to the partition
+        of its saga's command, so it reaches the orchestrator owning that saga, is read by
+        the same consumer group (co-partitioned) and is never paused behind new orders.
+        """
+        return f"{self.prefix}orders.replies"
+
     def all(self) -> dict[str, dict[str, str]]:
         """Every topic with its configuration."""
         return {
@@ -50,6 +60,7 @@ class Topics:
             self.dlq: {},
             self.events_by_user: {},
             self.inventory: {},
+            self.replies: {},
         }
 
     def group(self, role: str) -> str:

@@ -2,10 +2,12 @@
 
 Consumes reservation requests from ``orders.inventory`` (keyed by item: one owner per item,
 so two processes never sell the same stock twice), decides with the pure
-:class:`~kafka_saga.core.inventory.InventoryLedger`, and answers on ``orders.commands``
+:class:`~kafka_saga.core.inventory.InventoryLedger`, and answers on ``orders.replies``
 with ``OrderApprove``/``OrderReject`` at step Inventory (``metadata.source = inventory``),
-keyed by order so the answer reaches the orchestrator that owns the saga. The ledger is
-rebuilt from the request log when a partition is assigned, so stock survives restarts.
+to the partition the request names in its ``reply-partition`` header (the partition of the
+saga's command), so the answer reaches the orchestrator that owns the saga whatever
+partitioner the client used, and never waits behind new orders. The ledger is rebuilt
+from the request log when a partition is assigned, so stock survives restarts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ from ..core.inventory import InventoryLedger
 
 log = logs.get("inventory")
 SOURCE = "inventory"
+REPLY_PARTITION = "reply-partition"  # request header: where the answer goes on orders.replies
+
+
+def reply_partition(record: Any) -> int | None:
+    """The partition a request asks its answer to go to (None: by key)."""
+    for name, value in record.headers or ():
+        if name == REPLY_PARTITION:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 class InventoryParticipant:
@@ -58,7 +72,8 @@ class InventoryParticipant:
         log.debug("stock reservation", order_id=request.order_id, saga_id=request.saga_id,
                  item=request.item, quantity=request.quantity, approved=decision.approved,
                  reason=decision.reason)
-        await self.bus.producer.send(self.bus.topics.commands, reply.encode(), reply.key)
+        await self.bus.producer.send(self.bus.topics.replies, reply.encode(), reply.key,
+                                     partition=reply_partition(record))
 
     async def assigned(self, _consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:
         for tp in committed:

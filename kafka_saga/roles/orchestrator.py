@@ -1,8 +1,10 @@
 """orchestrator: runs each order's saga — Validation -> Payment -> Inventory -> Finalize.
 
-Commands come in on ``orders.commands`` (``OrderCreate`` from clients, ``OrderReject``
-from the tracker or ``kafka-saga cancel``, and the inventory participant's answers); every
-state transition goes out as an event on ``orders.events`` before the saga moves on, and is
+Commands come in on ``orders.commands`` (``OrderCreate`` from clients, ``OrderReject`` from
+``kafka-saga cancel`` and the API); answers to running sagas on ``orders.replies`` (the
+inventory participant's answers, the tracker's rejects), read by the same consumer group,
+co-partitioned with the commands (range assignment, same partition count). Every state
+transition goes out as an event on ``orders.events`` before the saga moves on, and is
 acknowledged by the broker before the saga waits on the inventory participant or reports an
 end. In between, the saga does not wait for acknowledgements: the steps it may repeat after
 a crash lost an unacknowledged event are idempotent (validation is pure; the payment gateway
@@ -11,22 +13,30 @@ Saga state is never stored elsewhere: when this process is assigned a commands p
 it re-reads the same partition of ``orders.events`` (same key, same partition count) and
 resumes every unfinished saga, so a ``kill -9`` or a rebalance loses nothing.
 
-Each saga runs in its own task, so a saga waiting on retries or a slow participant never
-stalls the others of its partition. A sweeper restarts any unfinished saga left without a
-task, so no saga stays pending forever.
+Backpressure: each saga runs in its own task, counted against ``KAFKA_SAGA_MAX_IN_FLIGHT``
+(:mod:`kafka_saga.bus.inflight`); a commands partition at its share of the bound is paused
+and the backlog waits in Kafka. ``orders.replies`` is never paused, so the answers a running
+saga waits for never queue behind new orders. The inventory deadline counts from the
+broker's acknowledgement of the request, and expires only once this process has read
+``orders.replies`` up to where it ended at the deadline: an answer that arrived while we
+were busy is not the participant being late. A sweeper restarts any unfinished saga left
+without a task, so no saga stays pending forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import types
 from typing import Any
 
 import backoff
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from .. import logs
 from ..bus.follow import read_topic
+from ..bus.inflight import InFlight
 from ..bus.loop import Subscription, consume_workers
 from ..core.catalog import Catalog
 from ..core.contracts import Command, CommandType, Event, EventType, InventoryRequest, Step, new_id
@@ -34,8 +44,8 @@ from ..core.finished import FinishedSagas, SagaRestore, settled
 from ..core.payment import APPROVED, SimulatedGateway, TransientPaymentError
 from ..core.saga import FAILED, REJECTED, Ending, Saga, validate
 from .base import Role
+from .inventory import REPLY_PARTITION, InventoryParticipant
 from .inventory import SOURCE as INVENTORY_SOURCE
-from .inventory import InventoryParticipant
 
 log = logs.get("orchestrator")
 SWEEP_INTERVAL_S = 2.0
@@ -58,15 +68,26 @@ class OrchestratorRole(Role):
         self.restored = 0  # sagas rebuilt from orders.events, in all (finished or not)
         self.runners: dict[str, asyncio.Task[None]] = {}
         self.waiters: dict[str, asyncio.Future[tuple[bool, str]]] = {}
+        topics = self.bus.topics
+        self.limit = InFlight(settings.max_in_flight, topics=(topics.commands,))
+        self.replies_read: dict[int, int] = {}  # orders.replies partition -> next offset to read
+        self._ends: tuple[float, asyncio.Future[dict[int, int]]] | None = None
 
     # --- commands ----------------------------------------------------------------------
     async def on_command(self, command: Command, record: Any) -> None:
-        if command.metadata.get("source") == INVENTORY_SOURCE:
-            waiter = self.waiters.get(command.saga_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result((command.type is CommandType.ORDER_APPROVE,
-                                   command.metadata.get("reason", "")))
-            return
+        if record.topic == self.bus.topics.replies:
+            self.replies_read[record.partition] = record.offset + 1
+            if command.metadata.get("source") == INVENTORY_SOURCE:
+                waiter = self.waiters.get(command.saga_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result((command.type is CommandType.ORDER_APPROVE,
+                                       command.metadata.get("reason", "")))
+                return
+            if command.type is not CommandType.ORDER_REJECT:
+                log.warning("reply ignored: only participant answers and rejects go on replies",
+                            order_id=command.snapshot.order_id, saga_id=command.saga_id,
+                            type=command.type.value)
+                return
         if command.type is CommandType.ORDER_CREATE:
             await self.create(command, record)
         elif command.type is CommandType.ORDER_REJECT:
@@ -124,7 +145,11 @@ class OrchestratorRole(Role):
     # --- the saga itself ---------------------------------------------------------------
     def start(self, saga: Saga) -> None:
         if saga.saga_id not in self.runners and not saga.terminal:
-            self.runners[saga.saga_id] = asyncio.create_task(self.drive(saga), name=f"saga:{saga.saga_id}")
+            runner = asyncio.create_task(self.drive(saga), name=f"saga:{saga.saga_id}")
+            self.runners[saga.saga_id] = runner
+            partition = TopicPartition(self.bus.topics.commands, self.partition_of.get(saga.saga_id, -1))
+            self.limit.begin(partition)
+            runner.add_done_callback(lambda _task: self.limit.end(partition))
 
     async def drive(self, saga: Saga) -> None:
         try:
@@ -194,11 +219,14 @@ class OrchestratorRole(Role):
             return
         snap = saga.snapshot
         request = InventoryRequest(new_id(), saga.saga_id, snap.order_id, snap.item, snap.quantity, "reserve")
+        partition = self.partition_of.get(saga.saga_id, -1)
+        headers = [(REPLY_PARTITION, str(partition).encode())] if partition >= 0 else []
         for attempt in range(1, settings.inventory_max_tries + 1):
             waiter = self.waiters[saga.saga_id] = asyncio.get_running_loop().create_future()
             try:
-                await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(), request.key)
-                approved, reason = await asyncio.wait_for(waiter, settings.inventory_timeout_s)
+                await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(),
+                                                      request.key, headers)
+                approved, reason = await self.answer(waiter, partition, settings.inventory_timeout_s)
             except TimeoutError:
                 log.warning("inventory did not answer in time", saga_id=saga.saga_id,
                             order_id=saga.order_id, attempt=attempt)
@@ -213,6 +241,42 @@ class OrchestratorRole(Role):
         await self.release(saga)  # it may have reserved without us hearing the answer
         await self.dead_letter(saga, "inventory_timeout", "inventory did not answer")
         await self.finish(saga, Ending(FAILED, Step.INVENTORY, "inventory did not answer in time"))
+
+    async def answer(self, waiter: asyncio.Future[tuple[bool, str]], partition: int,
+                     timeout: float) -> tuple[bool, str]:
+        """The participant's answer, or TimeoutError once ``timeout`` has passed since the
+        request was acknowledged *and* ``orders.replies`` has been read up to where it ended
+        then (an answer we had not fetched yet is not a late answer)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            if partition < 0:
+                raise
+        expired = time.monotonic()
+        try:
+            end = (await self._replies_ends(expired)).get(partition, 0)
+        except Exception as exc:  # noqa: BLE001 - no end known: the deadline stands
+            log.warning("replies end unknown at a deadline", error=repr(exc)[:200])
+            raise TimeoutError from None
+        while not waiter.done() and self.replies_read.get(partition, 0) < end:
+            if time.monotonic() - expired > timeout:  # the reading itself is stuck: give up
+                break
+            await asyncio.wait([waiter], timeout=0.05)
+        if waiter.done():
+            return waiter.result()
+        raise TimeoutError
+
+    async def _replies_ends(self, after: float) -> dict[int, int]:
+        """The exact ends of ``orders.replies``, read at or after ``after`` (monotonic); one
+        read serves every deadline that expired before it started."""
+        if self._ends is None or self._ends[0] < after or (
+                self._ends[1].done() and self._ends[1].exception() is not None):
+            async def read() -> dict[int, int]:
+                ends = await self.bus.end_offsets(self.bus.topics.replies)
+                return {tp.partition: offset for tp, offset in ends.items()}
+
+            self._ends = (time.monotonic(), asyncio.ensure_future(read()))
+        return await asyncio.shield(self._ends[1])
 
     async def finish(self, saga: Saga, ending: Ending) -> None:
         """Compensate completed steps in reverse order, then write the terminal event."""
@@ -275,7 +339,11 @@ class OrchestratorRole(Role):
             self.by_command.pop(saga.command_id, None)
 
     async def assigned(self, _consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:
-        partitions = sorted(tp.partition for tp in committed)
+        topics = self.bus.topics
+        for tp, offset in committed.items():
+            if tp.topic == topics.replies:
+                self.replies_read[tp.partition] = offset
+        partitions = sorted(tp.partition for tp in committed if tp.topic == topics.commands)
         restore = SagaRestore(self.ctx.settings.finished_sagas_max)
 
         def apply(record: Any) -> None:
@@ -297,7 +365,10 @@ class OrchestratorRole(Role):
                  sagas=restore.sagas, finished=len(restore.finished), resumed=len(unfinished))
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
-        lost = {tp.partition for tp in partitions}
+        lost = {tp.partition for tp in partitions if tp.topic == self.bus.topics.commands}
+        for tp in partitions:
+            if tp.topic == self.bus.topics.replies:
+                self.replies_read.pop(tp.partition, None)
         for saga_id in [s for s, p in self.partition_of.items() if p in lost]:
             runner = self.runners.pop(saga_id, None)
             if runner is not None:
@@ -329,18 +400,24 @@ class OrchestratorRole(Role):
                 suspects = idle
 
     async def check_partitions(self) -> None:
-        commands = await self.bus.partitions(self.bus.topics.commands)
-        events = await self.bus.partitions(self.bus.topics.events)
-        if len(commands) != len(events):
-            raise RuntimeError(f"{self.bus.topics.commands} has {len(commands)} partitions but "
-                               f"{self.bus.topics.events} has {len(events)}: they must be equal")
+        topics = self.bus.topics
+        commands = await self.bus.partitions(topics.commands)
+        for other in (topics.events, topics.replies):
+            count = len(await self.bus.partitions(other))
+            if count != len(commands):
+                raise RuntimeError(f"{topics.commands} has {len(commands)} partitions but "
+                                   f"{other} has {count}: they must be equal")
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.check_partitions()
         topics, workers = self.bus.topics, self.ctx.options.workers
-        commands = Subscription("orchestrator", (topics.commands,), topics.group("orchestrator"),
-                                Command.decode, self.on_command, on_assigned=self.assigned,
-                                on_revoked=self.revoked)
+        commands = Subscription("orchestrator", (topics.commands, topics.replies),
+                                topics.group("orchestrator"), Command.decode, self.on_command,
+                                on_assigned=self.assigned, on_revoked=self.revoked,
+                                in_flight=self.limit,
+                                # co-partitioned: partition N of both topics to the same member
+                                consumer_options={"partition_assignment_strategy":
+                                                  (RangePartitionAssignor,)})
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(consume_workers(self.bus, self.inventory.subscription(), stop, workers))
@@ -354,4 +431,5 @@ class OrchestratorRole(Role):
     def health(self) -> dict[str, Any]:
         active = sum(1 for s in self.sagas.values() if not s.terminal)
         return {"active_sagas": active, "finished_sagas": len(self.finished), "restored": self.restored,
-                "running": len(self.runners), "stock": self.inventory.stock()}
+                "running": len(self.runners), "backpressure": self.limit.describe(),
+                "stock": self.inventory.stock()}

@@ -2,7 +2,8 @@
 
 Consumes ``orders.events`` (group ``kafka-saga.tracker``), applies
 :class:`~kafka_saga.core.rules.TrackerRules` per owned partition, and for each broken rule
-publishes an ``OrderReject`` command on ``orders.commands`` (keyed by order_id) with a
+publishes an ``OrderReject`` command on ``orders.replies`` at the saga's command partition
+(named by its ``OrderCreated`` event; without it, on ``orders.commands`` keyed by order_id) with a
 deterministic ``command_id`` ``tracker:{rule}:{saga_id}``. It never talks to the
 orchestrator directly: the orchestrator reads the command like any other.
 
@@ -89,8 +90,15 @@ class TrackerRole(Role):
             rules.observe(event)  # rebuild only: these were handled before
 
     async def publish(self, violation: Violation, record: Any) -> None:
+        """The reject goes to the saga's partition of ``orders.replies`` when the event names it
+        (``OrderCreated`` does), so it never waits behind new orders; else on ``orders.commands``."""
         command = reject_command(violation)
-        await self.ctx.bus.producer.send(self.ctx.bus.topics.commands, command.encode(), command.key)
+        topics, producer = self.ctx.bus.topics, self.ctx.bus.producer
+        partition = violation.event.metadata.get("command_partition", "")
+        if partition.isdigit():
+            await producer.send(topics.replies, command.encode(), command.key, partition=int(partition))
+        else:
+            await producer.send(topics.commands, command.encode(), command.key)
         self.rejected += 1
         log.warning("rule broken, order reject requested", order_id=violation.order_id,
                     saga_id=violation.saga_id, rule=violation.rule, reason=violation.reason,

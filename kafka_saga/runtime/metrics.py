@@ -62,6 +62,13 @@ class Metrics:
             registry=r,
         )
         self.lag = Gauge("kafka_saga_consumer_lag", "Records waiting", ["role", "topic", "partition"], registry=r)
+        self.in_flight = Gauge("kafka_saga_in_flight", "Work started from records and not finished "
+                               "(sagas in progress)", ["role"], registry=r)
+        self.in_flight_limit = Gauge("kafka_saga_in_flight_limit", "Bound of kafka_saga_in_flight "
+                                     "(KAFKA_SAGA_MAX_IN_FLIGHT)", ["role"], registry=r)
+        self.paused = Gauge("kafka_saga_partition_paused", "1 while a partition is paused because "
+                            "its work in flight is at its bound", ["role", "topic", "partition"],
+                            registry=r)
         self.handle_seconds = Histogram(
             "kafka_saga_batch_seconds", "Time to handle and commit one batch", ["role"], registry=r
         )
@@ -99,6 +106,21 @@ class Metrics:
         return sorted(sample.labels["role"] for metric in self.stalled.collect()
                       for sample in metric.samples if sample.value)
 
+    def _backpressure(self) -> dict[str, dict[str, Any]]:
+        """Per flow-controlled role: work in flight, its bound, the partitions paused now."""
+        out: dict[str, dict[str, Any]] = {}
+        for gauge, key in ((self.in_flight_limit, "limit"), (self.in_flight, "in_flight")):
+            for metric in gauge.collect():
+                for sample in metric.samples:
+                    entry = out.setdefault(sample.labels["role"], {"in_flight": 0, "paused": []})
+                    entry[key] = int(sample.value)
+        for metric in self.paused.collect():
+            for sample in metric.samples:
+                if sample.value:
+                    out.setdefault(sample.labels["role"], {"in_flight": 0, "paused": []})[
+                        "paused"].append(f"{sample.labels['topic']}:{sample.labels['partition']}")
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """JSON view: produced, consumed, dlq, breaker_open, latency and per-role detail."""
         consumed, consumed_by_role = self._total(self.consumed, "role")
@@ -110,6 +132,7 @@ class Metrics:
                 role = sample.labels["role"]
                 lag[role] = lag.get(role, 0) + int(sample.value)
         return {
+            "backpressure": self._backpressure(),
             "produced": produced,
             "produced_by_topic": produced_by_topic,
             "consumed": consumed,
