@@ -36,8 +36,9 @@ from ..runtime.http import (
     read_body,
 )
 from ..runtime.metrics import Metrics
+from . import admission
 from .dashboard import add_dashboard_routes
-from .openapi import OBJECT, documented, get_openapi, ref
+from .openapi import OBJECT, RETRY_AFTER, SUBMIT_UNAVAILABLE, documented, get_openapi, page, ref
 from .orders import FAILED, REJECTED, STATUSES
 from .readmodel import ReadModel
 
@@ -60,17 +61,11 @@ _LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}
 _TEXT = {"type": "string"}
 
 
-def _page(key: str, item: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "properties": {key: {"type": "array", "items": item},
-                                             "count": {"type": "integer"}, "total": {"type": "integer"},
-                                             "next_after": {"type": ["string", "null"]}}}
-
-
 def _model(request: web.Request) -> ReadModel:
     return request.app[READ_MODEL]
 
 
-@documented(query={"limit": _LIMIT, "after": _TEXT}, responses={200: _page("aggregates", ref("UserAggregate"))})
+@documented(query={"limit": _LIMIT, "after": _TEXT}, responses={200: page("aggregates", ref("UserAggregate"))})
 async def list_aggregates(request: web.Request) -> web.Response:
     """GET /aggregates?limit=&after= — sorted by user, cursor-paginated."""
     limit = int_param(request, "limit", 100, 1, MAX_PAGE)
@@ -218,7 +213,7 @@ def _accepted(command: Command) -> web.Response:
     return json_response(body, status=202, headers={"Location": f"/orders/{order_id}"})
 
 
-@documented(body="OrderRequest", responses={202: ref("Accepted"), 400: ref("Error"), 413: ref("Error"), 503: ref("Error")})
+@documented(body="OrderRequest", responses={202: ref("Accepted"), 400: ref("Error"), 413: ref("Error"), 503: SUBMIT_UNAVAILABLE}, headers={503: RETRY_AFTER})
 async def create_order(request: web.Request) -> web.Response:
     """POST /orders — validate, publish an OrderCreate command; 202 with the new ids."""
     body = await _json_body(request)
@@ -226,6 +221,9 @@ async def create_order(request: web.Request) -> web.Response:
         order = parse_order_request(body)
     except ContractError as exc:
         return _invalid(exc)
+    refused = admission.refusal(request)  # 503 + Retry-After above KAFKA_SAGA_MAX_BACKLOG
+    if refused is not None:
+        return refused
     command = new_order_command(order["user"], order["item"], order["quantity"],
                                 _model(request).orders.catalog, attributes=order["attributes"],
                                 price_cents=order["price_cents"])
@@ -273,7 +271,7 @@ async def get_order(request: web.Request) -> web.Response:
     return json_error(404, f"unknown order {order_id!r}", order_id=order_id)
 
 
-@documented(query={"status": {"type": "string", "enum": list(STATUSES)}, "limit": _LIMIT, "after": _TEXT}, responses={200: _page("sagas", OBJECT)})
+@documented(query={"status": {"type": "string", "enum": list(STATUSES)}, "limit": _LIMIT, "after": _TEXT}, responses={200: page("sagas", OBJECT)})
 async def list_sagas(request: web.Request) -> web.Response:
     """GET /sagas?status=&limit=&after= — saga summaries sorted by saga id, cursor-paginated."""
     status = request.query.get("status") or None
@@ -417,6 +415,7 @@ def create_app(model: ReadModel, metrics: Metrics, health: Callable[[], dict[str
         app[BUS] = bus
     if settings is not None:
         app[SETTINGS] = settings
+    admission.install(app, bus, settings)  # the backlog monitor, when KAFKA_SAGA_MAX_BACKLOG > 0
     app.router.add_get("/aggregates", list_aggregates)
     app.router.add_get("/aggregates/{user}", get_aggregate)
     app.router.add_get("/metrics", get_metrics)

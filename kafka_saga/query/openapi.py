@@ -47,6 +47,16 @@ CANCEL_REQUEST = {"type": "object", "required": ["reason"], "additionalPropertie
 REPLAY_REQUEST = {"type": "object", "properties": {
     "offset": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}, "all": {"type": "boolean"},
     "reason": {"type": "string"}}}
+OVERLOADED = {  # POST /orders refused by admission (kafka_saga.query.admission)
+    "type": "object", "required": ["error", "status", "reason", "backlog", "max_backlog", "retry_after_s"],
+    "description": "Too many commands wait for the orchestrator (KAFKA_SAGA_MAX_BACKLOG); "
+                   "nothing was submitted. Sent with a Retry-After header of retry_after_s.",
+    "properties": {"error": {"type": "string"}, "status": {"const": 503}, "reason": {"const": "backlog"},
+                   "backlog": {"type": "integer", "minimum": 0},
+                   "max_backlog": {"type": "integer", "minimum": 1},
+                   "retry_after_s": {"type": "integer", "minimum": 1, "maximum": 60}}}
+RETRY_AFTER = {"Retry-After": {"description": "with reason backlog only: seconds to wait before retrying",
+                               "schema": {"type": "integer", "minimum": 1, "maximum": 60}}}
 OBJECT = {"type": "object"}
 
 
@@ -57,7 +67,7 @@ def _schemas() -> dict[str, Any]:
         schema.pop("$schema", None)
         out[model.__name__] = schema
     out.update(Error=ERROR, OrderRequest=ORDER_REQUEST, Accepted=ACCEPTED, Order=ORDER,
-               CancelRequest=CANCEL_REQUEST, ReplayRequest=REPLAY_REQUEST)
+               CancelRequest=CANCEL_REQUEST, ReplayRequest=REPLAY_REQUEST, Overloaded=OVERLOADED)
     return out
 
 
@@ -65,15 +75,29 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+# A 503 of POST /orders: the backlog refusal, or any other (breaker open, no ack) Error.
+SUBMIT_UNAVAILABLE = {"oneOf": [ref("Overloaded"), {**ref("Error"), "not": {
+    "required": ["reason"], "properties": {"reason": {"const": "backlog"}}}}]}
+
+
+def page(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A cursor-paginated list: ``{key: [item], count, total, next_after}``."""
+    return {"type": "object", "properties": {key: {"type": "array", "items": item},
+                                             "count": {"type": "integer"}, "total": {"type": "integer"},
+                                             "next_after": {"type": ["string", "null"]}}}
+
+
 def documented(*, query: dict[str, dict[str, Any]] | None = None, body: str | None = None,
                responses: dict[int, Any] | None = None, admin: bool = False,
-               content_type: str = "application/json") -> Callable[[Handler], Handler]:
-    """Attach the OpenAPI description of a handler: query parameters, body, responses."""
+               content_type: str = "application/json",
+               headers: dict[int, dict[str, Any]] | None = None) -> Callable[[Handler], Handler]:
+    """Attach the OpenAPI description of a handler: query parameters, body, responses
+    (and the response headers of a status, ``{503: RETRY_AFTER}``)."""
 
     def mark(handler: Handler) -> Handler:
         handler.__openapi__ = {  # type: ignore[attr-defined]
             "query": query or {}, "body": body, "responses": responses or {200: OBJECT},
-            "admin": admin, "content_type": content_type}
+            "admin": admin, "content_type": content_type, "headers": headers or {}}
         return handler
 
     return mark
@@ -92,6 +116,8 @@ def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
         content = ({"text/html": {"schema": {"type": "string"}}} if meta["content_type"] == "text/html"
                    else {"application/json": {"schema": schema}})
         responses[str(status)] = {"description": "success" if status < 400 else "error", "content": content}
+        if status in meta.get("headers", {}):
+            responses[str(status)]["headers"] = meta["headers"][status]
     for status in (400, 404, 405) if params or meta["body"] else (405,):
         responses.setdefault(str(status), {"description": "error",
                                            "content": {"application/json": {"schema": ref("Error")}}})

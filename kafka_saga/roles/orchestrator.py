@@ -26,7 +26,6 @@ without a task, so no saga stays pending forever.
 from __future__ import annotations
 
 import asyncio
-import time
 import types
 from typing import Any
 
@@ -43,6 +42,7 @@ from ..core.contracts import Command, CommandType, Event, EventType, InventoryRe
 from ..core.finished import FinishedSagas, SagaRestore, settled
 from ..core.payment import APPROVED, SimulatedGateway, TransientPaymentError
 from ..core.saga import FAILED, REJECTED, Ending, Saga, validate
+from .answers import Answers
 from .base import Role
 from .inventory import REPLY_PARTITION, InventoryParticipant
 from .inventory import SOURCE as INVENTORY_SOURCE
@@ -67,21 +67,15 @@ class OrchestratorRole(Role):
         self.finished = FinishedSagas(settings.finished_sagas_max)  # packed, bounded
         self.restored = 0  # sagas rebuilt from orders.events, in all (finished or not)
         self.runners: dict[str, asyncio.Task[None]] = {}
-        self.waiters: dict[str, asyncio.Future[tuple[bool, str]]] = {}
-        topics = self.bus.topics
-        self.limit = InFlight(settings.max_in_flight, topics=(topics.commands,))
-        self.replies_read: dict[int, int] = {}  # orders.replies partition -> next offset to read
-        self._ends: tuple[float, asyncio.Future[dict[int, int]]] | None = None
+        self.answers = Answers(self.bus)  # participant answers awaited by running sagas
+        self.limit = InFlight(settings.max_in_flight, topics=(self.bus.topics.commands,))
 
     # --- commands ----------------------------------------------------------------------
     async def on_command(self, command: Command, record: Any) -> None:
         if record.topic == self.bus.topics.replies:
-            self.replies_read[record.partition] = record.offset + 1
+            self.answers.seen(record)
             if command.metadata.get("source") == INVENTORY_SOURCE:
-                waiter = self.waiters.get(command.saga_id)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result((command.type is CommandType.ORDER_APPROVE,
-                                       command.metadata.get("reason", "")))
+                self.answers.deliver(command)
                 return
             if command.type is not CommandType.ORDER_REJECT:
                 log.warning("reply ignored: only participant answers and rejects go on replies",
@@ -222,17 +216,17 @@ class OrchestratorRole(Role):
         partition = self.partition_of.get(saga.saga_id, -1)
         headers = [(REPLY_PARTITION, str(partition).encode())] if partition >= 0 else []
         for attempt in range(1, settings.inventory_max_tries + 1):
-            waiter = self.waiters[saga.saga_id] = asyncio.get_running_loop().create_future()
+            waiter = self.answers.expect(saga.saga_id)
             try:
                 await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(),
                                                       request.key, headers)
-                approved, reason = await self.answer(waiter, partition, settings.inventory_timeout_s)
+                approved, reason = await self.answers.wait(waiter, partition, settings.inventory_timeout_s)
             except TimeoutError:
                 log.warning("inventory did not answer in time", saga_id=saga.saga_id,
                             order_id=saga.order_id, attempt=attempt)
                 continue
             finally:
-                self.waiters.pop(saga.saga_id, None)
+                self.answers.done(saga.saga_id)
             if approved:
                 await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.INVENTORY), flush=False)
             else:
@@ -241,42 +235,6 @@ class OrchestratorRole(Role):
         await self.release(saga)  # it may have reserved without us hearing the answer
         await self.dead_letter(saga, "inventory_timeout", "inventory did not answer")
         await self.finish(saga, Ending(FAILED, Step.INVENTORY, "inventory did not answer in time"))
-
-    async def answer(self, waiter: asyncio.Future[tuple[bool, str]], partition: int,
-                     timeout: float) -> tuple[bool, str]:
-        """The participant's answer, or TimeoutError once ``timeout`` has passed since the
-        request was acknowledged *and* ``orders.replies`` has been read up to where it ended
-        then (an answer we had not fetched yet is not a late answer)."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except TimeoutError:
-            if partition < 0:
-                raise
-        expired = time.monotonic()
-        try:
-            end = (await self._replies_ends(expired)).get(partition, 0)
-        except Exception as exc:  # noqa: BLE001 - no end known: the deadline stands
-            log.warning("replies end unknown at a deadline", error=repr(exc)[:200])
-            raise TimeoutError from None
-        while not waiter.done() and self.replies_read.get(partition, 0) < end:
-            if time.monotonic() - expired > timeout:  # the reading itself is stuck: give up
-                break
-            await asyncio.wait([waiter], timeout=0.05)
-        if waiter.done():
-            return waiter.result()
-        raise TimeoutError
-
-    async def _replies_ends(self, after: float) -> dict[int, int]:
-        """The exact ends of ``orders.replies``, read at or after ``after`` (monotonic); one
-        read serves every deadline that expired before it started."""
-        if self._ends is None or self._ends[0] < after or (
-                self._ends[1].done() and self._ends[1].exception() is not None):
-            async def read() -> dict[int, int]:
-                ends = await self.bus.end_offsets(self.bus.topics.replies)
-                return {tp.partition: offset for tp, offset in ends.items()}
-
-            self._ends = (time.monotonic(), asyncio.ensure_future(read()))
-        return await asyncio.shield(self._ends[1])
 
     async def finish(self, saga: Saga, ending: Ending) -> None:
         """Compensate completed steps in reverse order, then write the terminal event."""
@@ -342,7 +300,7 @@ class OrchestratorRole(Role):
         topics = self.bus.topics
         for tp, offset in committed.items():
             if tp.topic == topics.replies:
-                self.replies_read[tp.partition] = offset
+                self.answers.assigned(tp.partition, offset)
         partitions = sorted(tp.partition for tp in committed if tp.topic == topics.commands)
         restore = SagaRestore(self.ctx.settings.finished_sagas_max)
 
@@ -368,7 +326,7 @@ class OrchestratorRole(Role):
         lost = {tp.partition for tp in partitions if tp.topic == self.bus.topics.commands}
         for tp in partitions:
             if tp.topic == self.bus.topics.replies:
-                self.replies_read.pop(tp.partition, None)
+                self.answers.revoked(tp.partition)
         for saga_id in [s for s, p in self.partition_of.items() if p in lost]:
             runner = self.runners.pop(saga_id, None)
             if runner is not None:

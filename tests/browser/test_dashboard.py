@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from ..integration.test_saga import order, submit
+from ..support.burst import burst_orders, write_with_foreign_client
+from ..support.platform import RunningPlatform, eventually
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -46,3 +52,91 @@ async def test_an_order_appears_and_reaches_its_terminal_state_on_the_page(platf
             assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
         finally:
             await browser.close()
+
+
+BURST = 3000
+BOUND = 20
+PANEL = """() => ({
+    inflight: document.getElementById("inflight").textContent,
+    limit: document.getElementById("inflight-limit").textContent,
+    peak: document.getElementById("inflight-peak").textContent,
+    paused: [...document.querySelectorAll("#paused .pill")].map((p) => p.textContent),
+    pausedText: document.getElementById("paused").textContent,
+    lag: Object.fromEntries([...document.querySelectorAll("#lag tbody tr")].map(
+        (tr) => [tr.cells[0].textContent, Number(tr.cells[1].textContent)])),
+    approved: document.getElementById("n-approved").textContent,
+})"""
+
+
+async def test_the_backpressure_panel_shows_the_bound_the_pauses_and_the_lag_of_a_burst(settings, bus):
+    playwright_api = pytest.importorskip("playwright.async_api", reason="playwright not installed")
+    running = RunningPlatform(replace(settings, max_in_flight=BOUND))
+    try:
+        await running.start("orchestrator", "tracker", "aggregator", "dlq", "query")
+        async with playwright_api.async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 900})
+                await page.goto(running.url + "/")
+                await page.wait_for_selector("body[data-ready='1']", timeout=20000)
+                idle = await page.evaluate(PANEL)
+                assert idle["limit"] == str(BOUND) and idle["inflight"] == "0", idle
+                assert idle["pausedText"] == "none" and idle["paused"] == [], idle
+
+                batch = burst_orders(BURST, tag="page")
+                writing = asyncio.create_task(asyncio.to_thread(
+                    write_with_foreign_client, bus.bootstrap, bus.topics.commands, batch))
+                seen: list[dict] = []
+                shot = False
+                deadline = time.monotonic() + 90
+                while True:
+                    panel = await page.evaluate(PANEL)
+                    seen.append(panel)
+                    if panel["paused"] and panel["lag"].get("orchestrator", 0) > 0 and not shot:
+                        ARTIFACTS.mkdir(exist_ok=True)
+                        await page.screenshot(path=str(ARTIFACTS / "dashboard-backpressure.png"),
+                                              full_page=True)
+                        shot = True
+                    if writing.done():
+                        _, orders = await running.get("/orders?limit=1")
+                        if orders["by_status"].get("approved", 0) >= BURST:
+                            break
+                    assert time.monotonic() < deadline, (
+                        f"the burst did not drain within 90 s; last panel {panel}, "
+                        f"by status {orders['by_status'] if writing.done() else 'writing'}")
+                    await asyncio.sleep(0.1)
+                await writing
+
+                # what the page showed during the burst: real values, read from the page
+                assert {p["limit"] for p in seen} == {str(BOUND)}, {p["limit"] for p in seen}
+                counts = [int(p["inflight"]) for p in seen]
+                assert min(counts) >= 0 and max(counts) > 0, counts
+                paused = [p["paused"] for p in seen if p["paused"]]
+                assert paused, "no paused partition was ever shown during the burst"
+                assert all(re.fullmatch(re.escape(bus.topics.commands) + r":\d+", name)
+                           for names in paused for name in names), paused[:5]
+                assert all(p["pausedText"] == ("".join(p["paused"]) or "none") for p in seen), seen[:5]
+                lags = [p["lag"].get("orchestrator", 0) for p in seen]
+                assert max(lags) > 0, "the orchestrator's lag never showed above 0 on the page"
+                assert shot and (ARTIFACTS / "dashboard-backpressure.png").stat().st_size > 10_000
+
+                # every order ended (approved), and the page comes back to rest
+                _, orders = await running.get("/orders?limit=1")
+                by_status = orders["by_status"]
+                assert by_status.get("approved") == BURST == orders["total"], orders
+                assert not any(n for s, n in by_status.items() if s != "approved"), orders
+
+                async def at_rest() -> dict | None:
+                    panel = await page.evaluate(PANEL)
+                    ok = (panel["approved"] == str(BURST) and panel["inflight"] == "0"
+                          and panel["pausedText"] == "none" and panel["lag"].get("orchestrator") == 0)
+                    return panel if ok else None
+
+                rest = await eventually(at_rest, timeout=15, interval=0.2, what="the panel at rest")
+                assert rest["limit"] == str(BOUND) and int(rest["peak"]) >= max(counts), rest
+            finally:
+                await browser.close()
+    finally:
+        await running.stop()

@@ -38,11 +38,19 @@ ITEMS = ("espresso", "latte", "cappuccino", "americano")  # 100,000 each: plenty
 TERMINAL = ("OrderRejected", "OrderFailed")
 
 
-def burst_orders(count: int, users: int = 100, tag: str = "b") -> list[Command]:
-    """``count`` valid orders over ``users`` users: every one is approved at any pace."""
+def burst_orders(count: int, users: int = 100, tag: str = "b", wrong_price_every: int = 0) -> list[Command]:
+    """``count`` valid orders over ``users`` users: every one is approved at any pace, except,
+    with ``wrong_price_every`` N, every Nth order, whose price is wrong: the tracker has it
+    rejected (``price_mismatch``), before or after its approval."""
     catalog = Catalog()
-    return [new_order_command(f"{tag}user{i % users:03d}", ITEMS[i % len(ITEMS)], 1, catalog)
+    return [new_order_command(f"{tag}user{i % users:03d}", ITEMS[i % len(ITEMS)], 1, catalog,
+                              price_cents=1 if wrong_price_every and i % wrong_price_every == 0 else None)
             for i in range(count)]
+
+
+def expected_outcome(command: Command) -> str:
+    """The outcome rule of a burst order: a wrong price is rejected, the rest approved."""
+    return "rejected" if command.snapshot.price_cents == 1 else "approved"
 
 
 def write_with_foreign_client(bootstrap: str, topic: str, commands: list[Command]) -> float:
@@ -65,15 +73,16 @@ class Outcomes:
 
     status: dict[str, str] = field(default_factory=dict)  # order_id -> approved | rejected | failed
     at: dict[str, float] = field(default_factory=dict)  # order_id -> perf_counter when terminal
-    ends: Counter[str] = field(default_factory=Counter)  # order_id -> terminal events seen
     transitions: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    partition: dict[str, int] = field(default_factory=dict)  # order_id -> its command partition
 
     def apply(self, record: Any) -> None:
         data = orjson.loads(record.value)
         kind, step, order_id = data["type"], data["step"], data["snapshot"]["order_id"]
         self.transitions[(order_id, kind, step)] += 1
+        if kind == "OrderCreated" and "command_partition" in data.get("metadata", {}):
+            self.partition[order_id] = int(data["metadata"]["command_partition"])
         if kind in TERMINAL or (kind == "OrderApproved" and step == "Finalize"):
-            self.ends[order_id] += 1
             outcome = "approved" if kind == "OrderApproved" else kind[5:].lower()
             if kind in TERMINAL or order_id not in self.status:
                 self.status[order_id] = outcome
@@ -81,6 +90,17 @@ class Outcomes:
 
     def count(self, order_ids: list[str]) -> Counter[str]:
         return Counter(self.status.get(o, "pending") for o in order_ids)
+
+    def progress_at(self, order_ids: list[str], fraction: float) -> dict[int, float]:
+        """Fairness: when ``fraction`` of the orders had ended, the share of each command
+        partition's orders that had ended (a starved partition shows 0)."""
+        times = sorted(self.at[o] for o in order_ids)
+        cut = times[max(0, int(len(times) * fraction) - 1)]
+        mine: dict[int, list[str]] = {}
+        for order_id in order_ids:
+            mine.setdefault(self.partition.get(order_id, -1), []).append(order_id)
+        return {p: round(sum(1 for o in ids if self.at[o] <= cut) / len(ids), 3)
+                for p, ids in sorted(mine.items())}
 
     def doubled(self) -> int:
         """Transitions written more than once for the same order (a step run twice)."""
@@ -168,10 +188,10 @@ async def steady(bus: Bus, watch: Watch, orders: int, outstanding: int = 400) ->
 
 async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: int,
                 timeout: float = 900, kill_after: int | None = None,
-                restart: Any = None) -> dict[str, Any]:
+                restart: Any = None, wrong_price_every: int = 0) -> dict[str, Any]:
     """``orders`` written at once by a foreign client; with ``kill_after``, the runtime is
     SIGKILLed once that many orders have ended and ``restart()`` starts its replacement."""
-    batch = burst_orders(orders)
+    batch = burst_orders(orders, wrong_price_every=wrong_price_every)
     ids = [c.snapshot.order_id for c in batch]
     started = time.perf_counter()
     write_s = await asyncio.to_thread(write_with_foreign_client, bus.bootstrap, bus.topics.commands, batch)
@@ -193,7 +213,15 @@ async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: i
             raise TimeoutError(f"only {done}/{len(ids)} burst orders ended within {timeout}s")
         await asyncio.sleep(0.25)
     elapsed = max(watch.outcomes.at[o] for o in ids) - started
+    # a late reject (the tracker's, for a wrong price) may still compensate an approved order
+    settle = time.monotonic() + 30
+    while time.monotonic() < settle and any(
+            watch.outcomes.status[c.snapshot.order_id] != expected_outcome(c) for c in batch):
+        await asyncio.sleep(0.25)
     return {"orders": orders, "write_s": round(write_s, 2), "drain_s": round(elapsed, 2),
             "orders_per_s": round(orders / elapsed, 1), "peak_rss_mb": round(peak_kb / 1024, 1),
             "outcomes": dict(watch.outcomes.count(ids)), "killed_after": killed_at,
+            "unexpected": sum(1 for c in batch
+                              if watch.outcomes.status[c.snapshot.order_id] != expected_outcome(c)),
+            "fairness_at_20pct": watch.outcomes.progress_at(ids, 0.2),
             "process": proc}

@@ -1,0 +1,238 @@
+"""Backpressure seen from outside: /metrics, /healthz and the Prometheus text during a burst.
+
+The whole platform runs in-process with a small bound (``max_in_flight=20``) on the real
+broker; a foreign client (kafka-python) writes a burst of orders at once, and while it drains
+the three views are sampled over a real socket every ~50 ms. The bound must hold in every
+sample, the pausing and the lag must show, the process must stay healthy, and at the end
+every order is approved and nothing is left paused or in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import orjson
+
+from kafka_saga.bus.follow import TopicFollower, read_topic
+
+from ..support.burst import burst_orders, write_with_foreign_client
+from ..support.platform import RunningPlatform, eventually
+
+LIMIT = 20
+ORDERS = 2000
+ROLES = ("orchestrator", "tracker", "aggregator", "dlq", "query")
+DRAIN_TIMEOUT_S = 50.0
+SAMPLE_EVERY_S = 0.05
+PROM_SAMPLE = re.compile(r'^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$', re.M)
+
+
+def prometheus_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric in an exposition text: (labels, value)."""
+    out = []
+    for match in PROM_SAMPLE.finditer(text):
+        if match["name"] == name:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+            out.append((labels, float(match["value"])))
+    return out
+
+
+@dataclass
+class Ends:
+    """Each order's terminal events on ``orders.events`` (an order ends exactly once)."""
+
+    status: dict[str, list[str]] = field(default_factory=dict)
+    steps: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+    def apply(self, record: Any) -> None:
+        data = orjson.loads(record.value)
+        kind, step, order_id = data["type"], data["step"], data["snapshot"]["order_id"]
+        self.steps[(order_id, kind, step)] += 1
+        if kind == "OrderApproved" and step == "Finalize":
+            self.status.setdefault(order_id, []).append("approved")
+        elif kind in ("OrderRejected", "OrderFailed"):
+            self.status.setdefault(order_id, []).append(kind[5:].lower())
+
+    def outcomes(self, ids: set[str]) -> Counter[str]:
+        return Counter("+".join(self.status.get(o, ["pending"])) for o in ids)
+
+
+@dataclass
+class Samples:
+    """Everything seen by the sampler while the burst drained."""
+
+    count: int = 0
+    max_in_flight: int = 0  # max of /metrics backpressure.orchestrator.in_flight
+    max_health_in_flight: int = 0  # max of /healthz ... backpressure.in_flight
+    max_prom_in_flight: float = 0.0
+    max_peak: int = 0  # /healthz backpressure.peak
+    limits: set[int] = field(default_factory=set)
+    paused_seen: list[list[str]] = field(default_factory=list)
+    health_paused_seen: int = 0
+    max_orchestrator_lag: int = 0
+    prom_limit_line: bool = False
+    prom_paused_one: int = 0
+    prom_lag_positive: int = 0
+    health_problems: list[Any] = field(default_factory=list)
+    over_limit: list[Any] = field(default_factory=list)
+
+
+async def sample_once(session: aiohttp.ClientSession, url: str, seen: Samples) -> None:
+    async with session.get(url + "/metrics", headers={"Accept": "application/json"}) as resp:
+        assert resp.status == 200
+        metrics = await resp.json()
+    async with session.get(url + "/healthz") as resp:
+        status = resp.status
+        health = await resp.json()
+    async with session.get(url + "/metrics", params={"format": "prometheus"}) as resp:
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        prom = await resp.text()
+    seen.count += 1
+
+    bp = metrics["backpressure"]["orchestrator"]
+    seen.limits.add(bp["limit"])
+    seen.max_in_flight = max(seen.max_in_flight, bp["in_flight"])
+    if bp["in_flight"] > bp["limit"]:
+        seen.over_limit.append(("metrics", bp))
+    if bp["paused"]:
+        seen.paused_seen.append(bp["paused"])
+    seen.max_orchestrator_lag = max(seen.max_orchestrator_lag, metrics["lag"].get("orchestrator", 0))
+
+    states = {name: role["state"] for name, role in health["roles"].items()}
+    if status != 200 or health["status"] != "ok" or set(states.values()) != {"running"}:
+        seen.health_problems.append((status, health["status"], states))
+    hbp = health["roles"]["orchestrator"]["backpressure"]
+    seen.max_health_in_flight = max(seen.max_health_in_flight, hbp["in_flight"])
+    seen.max_peak = max(seen.max_peak, hbp["peak"])
+    if hbp["in_flight"] > hbp["limit"] or hbp["peak"] > hbp["limit"]:
+        seen.over_limit.append(("healthz", hbp))
+    if hbp["paused"]:
+        seen.health_paused_seen += 1
+
+    seen.prom_limit_line |= 'kafka_saga_in_flight_limit{role="orchestrator"} 20.0' in prom
+    for labels, value in prometheus_samples(prom, "kafka_saga_in_flight"):
+        if labels.get("role") == "orchestrator":
+            seen.max_prom_in_flight = max(seen.max_prom_in_flight, value)
+            if value > LIMIT:
+                seen.over_limit.append(("prometheus", value))
+    if any(v == 1.0 and labels.get("role") == "orchestrator"
+           for labels, v in prometheus_samples(prom, "kafka_saga_partition_paused")):
+        seen.prom_paused_one += 1
+    if any(v > 0 and labels.get("role") == "orchestrator"
+           for labels, v in prometheus_samples(prom, "kafka_saga_consumer_lag")):
+        seen.prom_lag_positive += 1
+
+
+async def test_backpressure_is_visible_and_the_bound_holds_during_a_burst(settings, bus):
+    running = RunningPlatform(replace(settings, max_in_flight=LIMIT))
+    try:
+        await running.start(*ROLES)
+        url = running.url
+        batch = burst_orders(ORDERS, tag="bp")
+        ids = {c.snapshot.order_id for c in batch}
+        seen = Samples()
+        outcomes = Ends()
+        done = asyncio.Event()
+
+        async def sampler() -> None:
+            async with aiohttp.ClientSession() as session:
+                while not done.is_set():
+                    await sample_once(session, url, seen)
+                    await asyncio.sleep(SAMPLE_EVERY_S)
+
+        async def watch() -> None:
+            # follow orders.events until every order of the burst has ended
+            stop = asyncio.Event()
+            follower = TopicFollower(bus, bus.topics.events, outcomes.apply, "bp watch")
+            task = asyncio.create_task(follower.run(stop))
+            try:
+                while not ids <= outcomes.status.keys():
+                    await asyncio.sleep(0.05)
+            finally:
+                stop.set()
+                await task
+
+        started = time.perf_counter()
+        sampling = asyncio.create_task(sampler())
+        watching = asyncio.create_task(watch())
+        write_s = await asyncio.to_thread(write_with_foreign_client, bus.bootstrap,
+                                          bus.topics.commands, batch)
+        try:
+            await asyncio.wait_for(asyncio.shield(watching), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            ended = len(ids & outcomes.status.keys())
+            raise AssertionError(f"only {ended}/{ORDERS} orders ended within {DRAIN_TIMEOUT_S}s; "
+                                 f"samples: {seen}") from None
+        finally:
+            done.set()
+            await sampling
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        drain_s = time.perf_counter() - started
+        print(f"\n{ORDERS} orders at max_in_flight={LIMIT}: written in {write_s:.2f}s, drained in "
+              f"{drain_s:.2f}s; {seen.count} samples, max in flight {seen.max_in_flight} "
+              f"(healthz {seen.max_health_in_flight}, peak {seen.max_peak}), max orchestrator lag "
+              f"{seen.max_orchestrator_lag}, paused in {len(seen.paused_seen)} samples")
+
+        # the bound: exact, in every view
+        assert seen.count >= 20, seen
+        assert seen.limits == {LIMIT}, seen
+        assert seen.over_limit == [] and seen.max_peak <= LIMIT, (
+            f"in_flight above the bound {LIMIT}: {len(seen.over_limit)} readings over it; max seen "
+            f"/metrics {seen.max_in_flight}, /healthz {seen.max_health_in_flight} (peak "
+            f"{seen.max_peak}), Prometheus {seen.max_prom_in_flight}; first: {seen.over_limit[:3]}")
+        # it did bite, and it shows
+        assert seen.max_in_flight > 0 and seen.max_health_in_flight > 0, seen
+        assert seen.paused_seen, seen
+        assert all(re.fullmatch(re.escape(bus.topics.commands) + r":\d", p)
+                   for ps in seen.paused_seen for p in ps), seen.paused_seen[:5]
+        assert seen.health_paused_seen > 0, seen
+        assert seen.max_orchestrator_lag > 0, seen
+        assert seen.prom_limit_line, seen
+        assert seen.prom_paused_one > 0, seen
+        assert seen.prom_lag_positive > 0, seen
+        # healthy all along: never 503, never stalled, never restarted
+        assert seen.health_problems == [], seen.health_problems[:5]
+
+        # every order approved, exactly once, no saga step written twice (read from the start)
+        final = Ends()
+        await read_topic(bus, bus.topics.events, final.apply, 30)
+        assert final.outcomes(ids) == {"approved": ORDERS}, final.outcomes(ids)
+        doubled = [k for k, n in final.steps.items() if n > 1]
+        assert doubled == [], doubled[:5]
+
+        # and at the end: nothing paused, nothing in flight, in every view
+        async def settled() -> tuple[Any, Any, str] | None:
+            _, metrics = await running.get("/metrics")
+            code, health = await running.get("/healthz")
+            _, prom = await running.get("/metrics?format=prometheus")
+            bp = metrics["backpressure"]["orchestrator"]
+            hbp = health["roles"]["orchestrator"]["backpressure"]
+            ok = (bp["in_flight"] == 0 and bp["paused"] == [] and hbp["in_flight"] == 0
+                  and hbp["paused"] == [] and code == 200)
+            return (bp, hbp, prom) if ok else None
+
+        try:
+            bp, hbp, prom = await eventually(settled, timeout=10, interval=0.2,
+                                             what="in_flight 0 and nothing paused")
+        except AssertionError:
+            _, metrics = await running.get("/metrics")
+            _, health = await running.get("/healthz")
+            raise AssertionError(
+                "after every order ended: /metrics backpressure="
+                f"{metrics['backpressure']} /healthz backpressure="
+                f"{health['roles']['orchestrator']['backpressure']}") from None
+        assert 'kafka_saga_in_flight{role="orchestrator"} 0.0' in prom
+        assert all(v == 0 for _, v in prometheus_samples(prom, "kafka_saga_partition_paused"))
+        assert hbp["peak"] <= LIMIT
+        code, health = await running.get("/healthz")
+        assert code == 200 and health["roles"]["orchestrator"]["restarts"] == 0, health
+        _, metrics = await running.get("/metrics")
+        assert metrics["stalls"] == 0 and metrics["dlq"] == 0, metrics
+    finally:
+        await running.stop()
