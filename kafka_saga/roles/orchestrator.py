@@ -188,6 +188,8 @@ class OrchestratorRole(Role):
                 break
             except (TransientPaymentError, TimeoutError) as exc:
                 error = str(exc) or f"no answer within {settings.payment_timeout_s}s"
+                if isinstance(exc, TimeoutError):
+                    self.bus.metrics.step_timeouts.labels(step=Step.PAYMENT.value).inc()
                 if tries > settings.payment_max_retries:
                     break
                 delay = backoff.full_jitter(next(waits))
@@ -222,6 +224,7 @@ class OrchestratorRole(Role):
                                                       request.key, headers)
                 approved, reason = await self.answers.wait(waiter, partition, settings.inventory_timeout_s)
             except TimeoutError:
+                self.bus.metrics.step_timeouts.labels(step=Step.INVENTORY.value).inc()
                 log.warning("inventory did not answer in time", saga_id=saga.saga_id,
                             order_id=saga.order_id, attempt=attempt)
                 continue

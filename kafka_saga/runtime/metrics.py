@@ -62,6 +62,9 @@ class Metrics:
             registry=r,
         )
         self.lag = Gauge("kafka_saga_consumer_lag", "Records waiting", ["role", "topic", "partition"], registry=r)
+        self.step_timeouts = Counter("kafka_saga_step_timeouts", "Saga step attempts whose "
+                                     "participant did not answer by the deadline", ["step"],
+                                     registry=r)
         self.in_flight = Gauge("kafka_saga_in_flight", "Work started from records and not finished "
                                "(sagas in progress)", ["role"], registry=r)
         self.in_flight_limit = Gauge("kafka_saga_in_flight_limit", "Bound of kafka_saga_in_flight "
@@ -144,6 +147,7 @@ class Metrics:
             "skipped": self._total(self.skipped),
             "broker_resets": self._total(self.broker_resets),
             "handler_errors": self._total(self.errors),
+            "step_timeouts": self._total(self.step_timeouts, "step")[1],
             "role_restarts": self._total(self.restarts),
             "breaker_open": self.breaker_state == "open",
             "breaker_state": self.breaker_state,
