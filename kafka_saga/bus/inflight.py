@@ -10,8 +10,8 @@ mark (half the bound): hysteresis, so a busy partition is not paused and resumed
 
 The process bound ``limit`` is shared equally by the partitions the process owns (``share``,
 rounded up): a partition with a deep backlog cannot take the room of the others, so every
-partition keeps making progress during a burst (fairness), and the total stays within
-``limit`` (plus the rounding). Each finished unit of work is progress for the stall
+partition keeps making progress during a burst (fairness), and the total never exceeds
+``limit`` (a partition is also full while the process is at its bound). Each finished unit of work is progress for the stall
 watchdog: a paused consumer whose work is completing is busy, not stalled.
 
 No I/O here: the loop does the pausing, this only keeps the counts.
@@ -66,11 +66,12 @@ class InFlight:
         return max(1, math.ceil(self.limit / max(1, len(self.owned))))
 
     def full(self, key: Key) -> bool:
-        return self.counts.get(key, 0) >= self.share
+        """At the partition's share, or the process at its bound (the shares are rounded up)."""
+        return self.counts.get(key, 0) >= self.share or self.total >= self.limit
 
     def has_room(self, key: Key) -> bool:
         """Below the low-water mark: a paused partition may resume."""
-        return self.counts.get(key, 0) <= int(self.share * self.low_ratio)
+        return self.counts.get(key, 0) <= int(self.share * self.low_ratio) and self.total < self.limit
 
     # --- the work ---
     def begin(self, key: Key) -> None:

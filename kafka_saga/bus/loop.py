@@ -153,7 +153,10 @@ class _Runner(ConsumerRebalanceListener):
         next_checkpoint = 0.0
         try:
             while not stop.is_set():
-                paused = self._resume_with_room() if self.gate is not None else False
+                paused = False
+                if self.gate is not None:  # sagas finish between batches: refresh every turn
+                    paused = self._resume_with_room()
+                    self.bus.metrics.in_flight.labels(role=self.sub.role).set(self.gate.total)
                 # while paused, poll often: a partition resumes as soon as its work drains
                 batches = await self.consumer.getmany(timeout_ms=50 if paused else 200)
                 if not batches:
@@ -174,8 +177,6 @@ class _Runner(ConsumerRebalanceListener):
                             progress.settle(_name(tp), 0)
                     if self.sub.on_batch_end:
                         await self.sub.on_batch_end()
-                    if self.gate is not None:
-                        self.bus.metrics.in_flight.labels(role=self.sub.role).set(self.gate.total)
                     now = time.monotonic()
                     if now >= next_checkpoint:
                         await self._checkpoint()

@@ -20,6 +20,14 @@ def test_the_process_bound_is_shared_by_the_owned_partitions():
         assert not gate.full(COMMANDS[0])
         gate.begin(COMMANDS[0])
     assert gate.full(COMMANDS[0]) and not gate.full(COMMANDS[1])  # one busy partition only
+    for _ in range(4):
+        gate.begin(COMMANDS[1])
+    gate.begin(COMMANDS[2])
+    gate.begin(COMMANDS[2])
+    assert gate.total == 10 and gate.full(COMMANDS[2])  # 3 x 4 > 10: the process bound holds
+    assert not gate.has_room(COMMANDS[2])
+    gate.end(COMMANDS[1])
+    assert not gate.full(COMMANDS[2]) and gate.has_room(COMMANDS[2])
     gate.disown(COMMANDS[1:])
     assert gate.share == 10 and not gate.full(COMMANDS[0])  # a lone partition gets it all
 
