@@ -65,8 +65,9 @@ class Backlog:
         rate = self.rate
         if rate is None:
             return RETRY_UNKNOWN_S
-        wait = (backlog - self.limit) / rate if rate > 0 else math.inf
-        return int(min(RETRY_MAX_S, max(RETRY_MIN_S, math.ceil(wait))))
+        if rate <= 0:  # nothing drained lately: the longest advice
+            return RETRY_MAX_S
+        return int(min(RETRY_MAX_S, max(RETRY_MIN_S, math.ceil((backlog - self.limit) / rate))))
 
     def refusal(self) -> web.Response | None:
         """The 503 answer while the known backlog is above the limit; None admits."""
