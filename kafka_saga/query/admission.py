@@ -102,19 +102,24 @@ class Backlog:
         self._samples.append((now, committed))
         self._value, self._at = backlog, now
 
-    async def run(self) -> None:
-        """Measure every ``interval_s`` until cancelled; a failure keeps the last value."""
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Measure every ``interval_s`` until ``stop``; a failure keeps the last value."""
+        while not stop.is_set():
             started = time.monotonic()
-            try:
-                self._record(*await asyncio.wait_for(self.measure(), MEASURE_TIMEOUT_S))
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancellation
+                async with asyncio.timeout(MEASURE_TIMEOUT_S):
+                    measured = await self.measure()
             except Exception as exc:  # noqa: BLE001 - broker unreachable, timeouts, protocol errors
                 await self.close()
                 if not self._failing:
                     self._failing = True
                     log.warning("backlog not measurable; keeping the last value",
                                 unknown_after_s=self.stale_s, error=repr(exc)[:300])
-            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+            else:
+                self._record(*measured)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.interval_s - (time.monotonic() - started))):
+                    await stop.wait()
 
     async def close(self) -> None:
         """Release the admin client (a later measurement opens a new one)."""
@@ -126,10 +131,12 @@ class Backlog:
     async def running(self, _app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: the measuring task lives as long as the app."""
         log.info("admission limit on", max_backlog=self.limit, group=self.group)
-        task = asyncio.create_task(self.run(), name="admission-backlog")
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.run(stop), name="admission-backlog")
         yield
+        stop.set()
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait({task}, timeout=MEASURE_TIMEOUT_S)  # never hold up the shutdown
         await self.close()
 
 
