@@ -165,6 +165,8 @@ def print_table(report: dict) -> None:
         rows.append(("burst outcomes; dead letters", f"{b['outcomes']}; {sum(b['dlq'].values())}",
                      "all approved; 0"))
         rows.append(("burst drain (s), peak RSS (MB)", f"{b['drain_s']:.1f}, {b['peak_rss_mb']:.0f}", "-"))
+        rows.append(("runtime CPU per order, steady / burst (ms)",
+                     f"{b['steady']['cpu_ms_per_order']:.2f} / {b['cpu_ms_per_order']:.2f}", "-"))
     if "memory" in report:
         mem = report["memory"]
         rows.append((f"peak RSS after {mem['orders']:,} orders (MB)", f"{mem['peak_rss_mb']:.0f}", "< 300"))

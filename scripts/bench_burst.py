@@ -31,7 +31,7 @@ async def burst_scenario(settings: Any, orders: int, steady_orders: int = 6000,
     watch.start()
     try:
         await warm_up(bus, watch)
-        base = await steady(bus, watch, steady_orders)
+        base = await steady(bus, watch, steady_orders, proc=proc)
         result = await burst(bus, watch, proc, orders, kill_after=orders // 3 if kill else None,
                              restart=start)
         proc = result.pop("process")

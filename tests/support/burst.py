@@ -30,7 +30,7 @@ from kafka_saga.core.contracts import Command
 from kafka_saga.core.dead_letters import read_dead_letter
 from kafka_saga.core.submission import new_order_command
 
-from .processes import memory_kb
+from .processes import cpu_seconds, memory_kb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL_BUT_DEMO = "orchestrator,tracker,aggregator,dlq,query"
@@ -102,6 +102,11 @@ class Outcomes:
         return {p: round(sum(1 for o in ids if self.at[o] <= cut) / len(ids), 3)
                 for p, ids in sorted(mine.items())}
 
+    def rate_by(self, order_ids: list[str], started: float, step_s: float = 10.0) -> list[int]:
+        """Orders ended per second in each ``step_s`` window from ``started``: the drain's shape."""
+        counts: Counter[int] = Counter(int((self.at[o] - started) // step_s) for o in order_ids)
+        return [round(counts.get(i, 0) / step_s) for i in range(max(counts) + 1)] if counts else []
+
     def doubled(self) -> int:
         """Transitions written more than once for the same order (a step run twice)."""
         return sum(1 for n in self.transitions.values() if n > 1)
@@ -167,9 +172,12 @@ async def warm_up(bus: Bus, watch: Watch, timeout: float = 90) -> None:
     await watch.wait_for([order[0].snapshot.order_id], timeout)
 
 
-async def steady(bus: Bus, watch: Watch, orders: int, outstanding: int = 400) -> dict[str, Any]:
-    """The steady maximum: a closed loop keeping ``outstanding`` orders in the platform."""
+async def steady(bus: Bus, watch: Watch, orders: int, outstanding: int = 400,
+                 proc: subprocess.Popen[bytes] | None = None) -> dict[str, Any]:
+    """The steady maximum: a closed loop keeping ``outstanding`` orders in the platform
+    (with ``proc``, the runtime's CPU per order too)."""
     batch = burst_orders(orders, tag="s")
+    cpu = cpu_seconds(proc.pid) if proc is not None else 0.0
     started = time.perf_counter()
     sent = 0
     while sent < len(batch):
@@ -182,8 +190,11 @@ async def steady(bus: Bus, watch: Watch, orders: int, outstanding: int = 400) ->
     ids = [c.snapshot.order_id for c in batch]
     await watch.wait_for(ids, timeout=600)
     elapsed = max(watch.outcomes.at[o] for o in ids) - started
-    return {"orders": orders, "seconds": round(elapsed, 2), "orders_per_s": round(orders / elapsed, 1),
-            "outcomes": dict(watch.outcomes.count(ids))}
+    result = {"orders": orders, "seconds": round(elapsed, 2), "orders_per_s": round(orders / elapsed, 1),
+              "outcomes": dict(watch.outcomes.count(ids))}
+    if proc is not None:
+        result["cpu_ms_per_order"] = round((cpu_seconds(proc.pid) - cpu) * 1000 / orders, 3)
+    return result
 
 
 async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: int,
@@ -193,6 +204,7 @@ async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: i
     SIGKILLed once that many orders have ended and ``restart()`` starts its replacement."""
     batch = burst_orders(orders, wrong_price_every=wrong_price_every)
     ids = [c.snapshot.order_id for c in batch]
+    cpu_used, cpu_mark = 0.0, cpu_seconds(proc.pid)
     started = time.perf_counter()
     write_s = await asyncio.to_thread(write_with_foreign_client, bus.bootstrap, bus.topics.commands, batch)
     peak_kb = 0
@@ -203,11 +215,14 @@ async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: i
         if proc.poll() is None:
             peak_kb = max(peak_kb, memory_kb(proc.pid, "VmHWM"))
         if kill_after is not None and killed_at is None and done >= kill_after:
+            cpu_used += cpu_seconds(proc.pid) - cpu_mark  # what the killed runtime used
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             killed_at = done
             proc = restart()
+            cpu_mark = cpu_seconds(proc.pid)
         if done == len(ids):
+            cpu_used += cpu_seconds(proc.pid) - cpu_mark
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {done}/{len(ids)} burst orders ended within {timeout}s")
@@ -224,4 +239,6 @@ async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: i
             "unexpected": sum(1 for c in batch
                               if watch.outcomes.status[c.snapshot.order_id] != expected_outcome(c)),
             "fairness_at_20pct": watch.outcomes.progress_at(ids, 0.2),
+            "orders_per_s_by_10s": watch.outcomes.rate_by(ids, started),
+            "cpu_ms_per_order": round(cpu_used * 1000 / orders, 3),
             "process": proc}
