@@ -16,7 +16,8 @@ from tests.support.burst import Watch, burst, dead_letters, spawn_runtime, stead
 
 async def burst_scenario(settings: Any, orders: int, steady_orders: int = 6000,
                          kill: bool = False) -> dict[str, Any]:
-    """Steady maximum, then a burst of ``orders`` (with ``kill``: a SIGKILL half-way)."""
+    """Steady maximum, a burst of ``orders`` (with ``kill``: a SIGKILL a third of the way),
+    then the steady maximum again."""
     log_dir = tempfile.mkdtemp(prefix="bench-burst-")
     runs = iter(range(100))
 
@@ -36,8 +37,12 @@ async def burst_scenario(settings: Any, orders: int, steady_orders: int = 6000,
                              restart=start)
         proc = result.pop("process")
         result["dlq"] = dict(await dead_letters(bus))
-        result["steady"] = base
+        # the steady maximum again, with the runtime's state as large as at the burst's end:
+        # a long run costs more per order than a fresh one, burst or not
+        after = await steady(bus, watch, steady_orders, proc=proc)
+        result["steady"], result["steady_after"] = base, after
         result["ratio"] = round(result["orders_per_s"] / base["orders_per_s"], 3)
+        result["ratio_to_after"] = round(result["orders_per_s"] / after["orders_per_s"], 3)
         result["doubled_transitions"] = watch.outcomes.doubled()
         result["logs"] = log_dir
         return result
