@@ -60,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("no role to run")
     from .runtime import eventloop
 
+    eventloop.tune_gc(settings.gc_threshold)
     return eventloop.run(run_with_signals(settings, names), settings.event_loop)
 
 

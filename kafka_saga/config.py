@@ -119,6 +119,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
     event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
+    gc_threshold: int = 20_000  # young-generation threshold of the collector (0: Python's 700)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     roles: dict[str, RoleOptions] = field(default_factory=dict)
     admin_token: str | None = field(default=None, repr=False)  # None: admin endpoints disabled
@@ -187,6 +188,7 @@ class Settings:
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=env.get("LOG_FORMAT", "auto").lower(),
             event_loop=(env.get("KAFKA_SAGA_EVENT_LOOP") or "auto").lower(),
+            gc_threshold=_int(env, "KAFKA_SAGA_GC_THRESHOLD", 20_000),  # type: ignore[arg-type]
             security=security,
             roles=roles,
             admin_token=(env.get("KAFKA_SAGA_ADMIN_TOKEN") or "").strip() or None,
@@ -203,6 +205,8 @@ class Settings:
             raise ConfigError("KAFKA_SAGA_PARTITIONS must be at least 1")
         if self.query_orders_max < 1 or self.finished_sagas_max < 0:
             raise ConfigError("QUERY_ORDERS_MAX must be >= 1 and KAFKA_SAGA_FINISHED_SAGAS_MAX >= 0")
+        if self.gc_threshold < 0:
+            raise ConfigError("KAFKA_SAGA_GC_THRESHOLD must be >= 0 (0 = Python's default)")
         if self.max_in_flight < 1 or self.max_backlog < 0:
             raise ConfigError("KAFKA_SAGA_MAX_IN_FLIGHT must be >= 1 and KAFKA_SAGA_MAX_BACKLOG >= 0 "
                               "(0 = no admission limit)")

@@ -249,4 +249,5 @@ async def main() -> int:
 if __name__ == "__main__":
     from kafka_saga.runtime import eventloop
 
+    eventloop.tune_gc(Settings.from_env().gc_threshold)  # as `kafka-saga run` does
     sys.exit(eventloop.run(main(), os.environ.get("KAFKA_SAGA_EVENT_LOOP", "auto")))
