@@ -1,4 +1,5 @@
-"""The burst scenario of scripts/bench.py: the steady maximum, then N orders written at once.
+"""The burst scenario of scripts/bench.py: the steady maximum, N orders written at once, then
+the steady maximum again.
 
 A runtime with every role but the demo runs in a process of its own; this process writes the
 orders with an independent client (kafka-python) and follows the outcomes on orders.events.
@@ -6,12 +7,10 @@ orders with an independent client (kafka-python) and follows the outcomes on ord
 
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Any
 
-from kafka_saga.bus.client import Bus
-from tests.support.burst import Watch, burst, dead_letters, spawn_runtime, steady, warm_up
+from tests.support.burst import session, steady
 
 
 async def burst_scenario(settings: Any, orders: int, steady_orders: int = 6000,
@@ -19,35 +18,14 @@ async def burst_scenario(settings: Any, orders: int, steady_orders: int = 6000,
     """Steady maximum, a burst of ``orders`` (with ``kill``: a SIGKILL a third of the way),
     then the steady maximum again."""
     log_dir = tempfile.mkdtemp(prefix="bench-burst-")
-    runs = iter(range(100))
-
-    def start() -> Any:
-        return spawn_runtime(settings, os.path.join(log_dir, f"runtime-{next(runs)}.log"))
-
-    bus = Bus(settings, settings.bootstrap_servers)
-    await bus.ensure_topics()
-    await bus.start()
-    proc = start()
-    watch = Watch(bus)
-    watch.start()
-    try:
-        await warm_up(bus, watch)
-        base = await steady(bus, watch, steady_orders, proc=proc)
-        result = await burst(bus, watch, proc, orders, kill_after=orders // 3 if kill else None,
-                             restart=start)
-        proc = result.pop("process")
-        result["dlq"] = dict(await dead_letters(bus))
+    async with session(settings, log_dir) as runtime:
+        base = await steady(runtime.bus, runtime.watch, steady_orders, proc=runtime.proc)
+        result = await runtime.burst(orders, kill_after=orders // 3 if kill else None)
         # the steady maximum again, with the runtime's state as large as at the burst's end:
         # a long run costs more per order than a fresh one, burst or not
-        after = await steady(bus, watch, steady_orders, proc=proc)
+        after = await steady(runtime.bus, runtime.watch, steady_orders, proc=runtime.proc)
         result["steady"], result["steady_after"] = base, after
         result["ratio"] = round(result["orders_per_s"] / base["orders_per_s"], 3)
         result["ratio_to_after"] = round(result["orders_per_s"] / after["orders_per_s"], 3)
-        result["doubled_transitions"] = watch.outcomes.doubled()
         result["logs"] = log_dir
         return result
-    finally:
-        await watch.close()
-        await bus.stop()
-        proc.terminate()
-        proc.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -19,39 +20,47 @@ from ..support.platform import RunningPlatform, eventually
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package 'chromium')"),
 ]
 
 
+@contextlib.asynccontextmanager
+async def dashboard(playwright_api, url: str):
+    """The dashboard page, loaded in a fresh headless Chromium."""
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            await page.goto(url + "/")
+            await page.wait_for_selector("body[data-ready='1']", timeout=20000)
+            yield page
+        finally:
+            await browser.close()
+
+
 async def test_an_order_appears_and_reaches_its_terminal_state_on_the_page(platform, bus):
     playwright_api = pytest.importorskip("playwright.async_api", reason="playwright not installed")
     await platform.start("orchestrator", "tracker", "aggregator", "dlq", "query")
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 900})
-            await page.goto(platform.url + "/")
-            await page.wait_for_selector("body[data-ready='1']", timeout=20000)
-            command = order(user="client42", item="latte", quantity=2)
-            await submit(bus, command)
-            row = page.locator("#orders tbody tr", has_text=command.snapshot.order_id)
-            await row.wait_for(timeout=60000)
-            await page.locator("#orders tbody tr", has_text=command.snapshot.order_id).locator(
-                "td.s-approved").wait_for(timeout=60000)
-            assert "Approved:Finalize" in await row.inner_text()
-            await page.fill("#search", "client42")
-            await page.locator("#aggregates tbody tr", has_text="client42").wait_for(timeout=30000)
-            approved = await page.inner_text("#n-approved")
-            assert int(approved) >= 1
-            assert await page.inner_text("#breaker") == "closed"
-            ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
-        finally:
-            await browser.close()
+    async with dashboard(playwright_api, platform.url) as page:
+        command = order(user="client42", item="latte", quantity=2)
+        await submit(bus, command)
+        row = page.locator("#orders tbody tr", has_text=command.snapshot.order_id)
+        await row.wait_for(timeout=60000)
+        await page.locator("#orders tbody tr", has_text=command.snapshot.order_id).locator(
+            "td.s-approved").wait_for(timeout=60000)
+        assert "Approved:Finalize" in await row.inner_text()
+        await page.fill("#search", "client42")
+        await page.locator("#aggregates tbody tr", has_text="client42").wait_for(timeout=30000)
+        approved = await page.inner_text("#n-approved")
+        assert int(approved) >= 1
+        assert await page.inner_text("#breaker") == "closed"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 
 
 BURST = 3000
@@ -73,70 +82,61 @@ async def test_the_backpressure_panel_shows_the_bound_the_pauses_and_the_lag_of_
     running = RunningPlatform(replace(settings, max_in_flight=BOUND))
     try:
         await running.start("orchestrator", "tracker", "aggregator", "dlq", "query")
-        async with playwright_api.async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            try:
-                page = await browser.new_page(viewport={"width": 1400, "height": 900})
-                await page.goto(running.url + "/")
-                await page.wait_for_selector("body[data-ready='1']", timeout=20000)
-                idle = await page.evaluate(PANEL)
-                assert idle["limit"] == str(BOUND) and idle["inflight"] == "0", idle
-                assert idle["pausedText"] == "none" and idle["paused"] == [], idle
+        async with dashboard(playwright_api, running.url) as page:
+            idle = await page.evaluate(PANEL)
+            assert idle["limit"] == str(BOUND) and idle["inflight"] == "0", idle
+            assert idle["pausedText"] == "none" and idle["paused"] == [], idle
 
-                batch = burst_orders(BURST, tag="page")
-                writing = asyncio.create_task(asyncio.to_thread(
-                    write_with_foreign_client, bus.bootstrap, bus.topics.commands, batch))
-                seen: list[dict] = []
-                shot = False
-                deadline = time.monotonic() + 90
-                while True:
-                    panel = await page.evaluate(PANEL)
-                    seen.append(panel)
-                    if panel["paused"] and panel["lag"].get("orchestrator", 0) > 0 and not shot:
-                        ARTIFACTS.mkdir(exist_ok=True)
-                        await page.screenshot(path=str(ARTIFACTS / "dashboard-backpressure.png"),
-                                              full_page=True)
-                        shot = True
-                    if writing.done():
-                        _, orders = await running.get("/orders?limit=1")
-                        if orders["by_status"].get("approved", 0) >= BURST:
-                            break
-                    assert time.monotonic() < deadline, (
-                        f"the burst did not drain within 90 s; last panel {panel}, "
-                        f"by status {orders['by_status'] if writing.done() else 'writing'}")
-                    await asyncio.sleep(0.1)
-                await writing
+            batch = burst_orders(BURST, tag="page")
+            writing = asyncio.create_task(asyncio.to_thread(
+                write_with_foreign_client, bus.bootstrap, bus.topics.commands, batch))
+            seen: list[dict] = []
+            shot = False
+            deadline = time.monotonic() + 90
+            while True:
+                panel = await page.evaluate(PANEL)
+                seen.append(panel)
+                if panel["paused"] and panel["lag"].get("orchestrator", 0) > 0 and not shot:
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    await page.screenshot(path=str(ARTIFACTS / "dashboard-backpressure.png"),
+                                          full_page=True)
+                    shot = True
+                if writing.done():
+                    _, orders = await running.get("/orders?limit=1")
+                    if orders["by_status"].get("approved", 0) >= BURST:
+                        break
+                assert time.monotonic() < deadline, (
+                    f"the burst did not drain within 90 s; last panel {panel}, "
+                    f"by status {orders['by_status'] if writing.done() else 'writing'}")
+                await asyncio.sleep(0.1)
+            await writing
 
-                # what the page showed during the burst: real values, read from the page
-                assert {p["limit"] for p in seen} == {str(BOUND)}, {p["limit"] for p in seen}
-                counts = [int(p["inflight"]) for p in seen]
-                assert min(counts) >= 0 and max(counts) > 0, counts
-                paused = [p["paused"] for p in seen if p["paused"]]
-                assert paused, "no paused partition was ever shown during the burst"
-                assert all(re.fullmatch(re.escape(bus.topics.commands) + r":\d+", name)
-                           for names in paused for name in names), paused[:5]
-                assert all(p["pausedText"] == ("".join(p["paused"]) or "none") for p in seen), seen[:5]
-                lags = [p["lag"].get("orchestrator", 0) for p in seen]
-                assert max(lags) > 0, "the orchestrator's lag never showed above 0 on the page"
-                assert shot and (ARTIFACTS / "dashboard-backpressure.png").stat().st_size > 10_000
+            # what the page showed during the burst: real values, read from the page
+            assert {p["limit"] for p in seen} == {str(BOUND)}, {p["limit"] for p in seen}
+            counts = [int(p["inflight"]) for p in seen]
+            assert min(counts) >= 0 and max(counts) > 0, counts
+            paused = [p["paused"] for p in seen if p["paused"]]
+            assert paused, "no paused partition was ever shown during the burst"
+            assert all(re.fullmatch(re.escape(bus.topics.commands) + r":\d+", name)
+                       for names in paused for name in names), paused[:5]
+            assert all(p["pausedText"] == ("".join(p["paused"]) or "none") for p in seen), seen[:5]
+            lags = [p["lag"].get("orchestrator", 0) for p in seen]
+            assert max(lags) > 0, "the orchestrator's lag never showed above 0 on the page"
+            assert shot and (ARTIFACTS / "dashboard-backpressure.png").stat().st_size > 10_000
 
-                # every order ended (approved), and the page comes back to rest
-                _, orders = await running.get("/orders?limit=1")
-                by_status = orders["by_status"]
-                assert by_status.get("approved") == BURST == orders["total"], orders
-                assert not any(n for s, n in by_status.items() if s != "approved"), orders
+            # every order ended (approved), and the page comes back to rest
+            _, orders = await running.get("/orders?limit=1")
+            by_status = orders["by_status"]
+            assert by_status.get("approved") == BURST == orders["total"], orders
+            assert not any(n for s, n in by_status.items() if s != "approved"), orders
 
-                async def at_rest() -> dict | None:
-                    panel = await page.evaluate(PANEL)
-                    ok = (panel["approved"] == str(BURST) and panel["inflight"] == "0"
-                          and panel["pausedText"] == "none" and panel["lag"].get("orchestrator") == 0)
-                    return panel if ok else None
+            async def at_rest() -> dict | None:
+                panel = await page.evaluate(PANEL)
+                ok = (panel["approved"] == str(BURST) and panel["inflight"] == "0"
+                      and panel["pausedText"] == "none" and panel["lag"].get("orchestrator") == 0)
+                return panel if ok else None
 
-                rest = await eventually(at_rest, timeout=15, interval=0.2, what="the panel at rest")
-                assert rest["limit"] == str(BOUND) and int(rest["peak"]) >= max(counts), rest
-            finally:
-                await browser.close()
+            rest = await eventually(at_rest, timeout=15, interval=0.2, what="the panel at rest")
+            assert rest["limit"] == str(BOUND) and int(rest["peak"]) >= max(counts), rest
     finally:
         await running.stop()

@@ -13,9 +13,7 @@ import os
 
 import pytest
 
-from kafka_saga.bus.client import Bus
-
-from ..support.burst import Watch, burst, dead_letters, spawn_runtime, warm_up
+from ..support.burst import session
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 BURST = int(os.environ.get("BURST_ORDERS", "20000"))
@@ -24,30 +22,9 @@ RSS_LIMIT_MB = 250  # the unbounded runtime peaked at 320 MB on 20,000 orders
 
 
 async def _run_burst(settings, tmp_path, orders: int, kill: bool) -> dict:
-    runs = iter(range(10))
-
-    def start():
-        return spawn_runtime(settings, str(tmp_path / f"runtime-{next(runs)}.log"))
-
-    bus = Bus(settings, settings.bootstrap_servers or "")
-    await bus.ensure_topics()
-    await bus.start()
-    proc = start()
-    watch = Watch(bus)
-    watch.start()
-    try:
-        await warm_up(bus, watch)
-        result = await burst(bus, watch, proc, orders, timeout=600, wrong_price_every=50,
-                             kill_after=orders // 3 if kill else None, restart=start)
-        proc = result.pop("process")
-        result["dlq"] = dict(await dead_letters(bus))
-        result["doubled"] = watch.outcomes.doubled()
-        return result
-    finally:
-        await watch.close()
-        await bus.stop()
-        proc.kill()
-        proc.wait()
+    async with session(settings, str(tmp_path)) as runtime:
+        return await runtime.burst(orders, timeout=600, wrong_price_every=50,
+                                   kill_after=orders // 3 if kill else None)
 
 
 def _check(result: dict, orders: int) -> None:

@@ -11,12 +11,14 @@ on a shared machine (both measured in the same run).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,3 +244,51 @@ async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: i
             "orders_per_s_by_10s": watch.outcomes.rate_by(ids, started),
             "cpu_ms_per_order": round(cpu_used * 1000 / orders, 3),
             "process": proc}
+
+
+@dataclass
+class Session:
+    """A runtime in its own process, the bus and the watch of this process around it."""
+
+    settings: Any
+    log_dir: str
+    bus: Bus
+    watch: Watch
+    proc: subprocess.Popen[bytes] | None = None
+    started: int = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """(Re)start the runtime, logging to a new file of ``log_dir``."""
+        self.started += 1
+        self.proc = spawn_runtime(self.settings, os.path.join(self.log_dir, f"runtime-{self.started}.log"))
+        return self.proc
+
+    async def burst(self, orders: int, **options: Any) -> dict[str, Any]:
+        """:func:`burst` against this runtime (restarted here after a kill); adds the DLQ and
+        the doubled transitions."""
+        assert self.proc is not None
+        result = await burst(self.bus, self.watch, self.proc, orders, restart=self.start, **options)
+        self.proc = result.pop("process")
+        result["dlq"] = dict(await dead_letters(self.bus))
+        result["doubled"] = self.watch.outcomes.doubled()
+        return result
+
+
+@contextlib.asynccontextmanager
+async def session(settings: Any, log_dir: str) -> AsyncIterator[Session]:
+    """Topics, a started bus, a runtime that finished one order, and the watch; all stopped after."""
+    bus = Bus(settings, settings.bootstrap_servers or "")
+    await bus.ensure_topics()
+    await bus.start()
+    current = Session(settings, log_dir, bus, Watch(bus))
+    current.start()
+    current.watch.start()
+    try:
+        await warm_up(bus, current.watch)
+        yield current
+    finally:
+        await current.watch.close()
+        await bus.stop()
+        if current.proc is not None:
+            current.proc.kill()
+            current.proc.wait()
