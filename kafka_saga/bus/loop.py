@@ -91,7 +91,8 @@ class _Runner(ConsumerRebalanceListener):
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
         self.progress = Progress(sub.role, sub.group_id, worker)
         self.gate = sub.in_flight
-        if self.gate is not None:
+        if self.gate is not None:  # only flow-controlled roles report these
+            self.in_flight_gauge = bus.metrics.in_flight.labels(role=sub.role)
             bus.metrics.in_flight_limit.labels(role=sub.role).set(self.gate.limit)
 
     # --- rebalance: finish and commit the current batch before giving partitions away ---
@@ -156,7 +157,7 @@ class _Runner(ConsumerRebalanceListener):
                 paused = False
                 if self.gate is not None:  # sagas finish between batches: refresh every turn
                     paused = self._resume_with_room()
-                    self.bus.metrics.in_flight.labels(role=self.sub.role).set(self.gate.total)
+                    self.in_flight_gauge.set(self.gate.total)
                 # while paused, poll often: a partition resumes as soon as its work drains
                 batches = await self.consumer.getmany(timeout_ms=50 if paused else 200)
                 if not batches:
@@ -207,12 +208,12 @@ class _Runner(ConsumerRebalanceListener):
         restore_until = self.restore_until.get(tp, 0)
         progress = self.progress
         gate = self.gate if self.gate is not None and self.gate.governs(tp) else None
-        last = -1
+        handled = 0
         for record in records:
             if gate is not None and record.offset >= restore_until and gate.full(tp):
                 self._pause(tp, record.offset)  # the rest waits in Kafka
                 break
-            last = record.offset
+            handled += 1
             handler = sub.handle
             if record.offset < restore_until:
                 handler = sub.restore  # type: ignore[assignment]
@@ -235,11 +236,10 @@ class _Runner(ConsumerRebalanceListener):
             if record.timestamp and record.timestamp > 0:
                 latency.observe(max(0.0, now - record.timestamp / 1000))
             progress.tick()  # a slow handler that gets through records is not stalled
-        if last < 0:
+        if not handled:
             return
-        self.handled[tp] = max(self.handled.get(tp, 0), last + 1)
-        self.consumed[tp.topic].inc(len(records) if last == records[-1].offset
-                                    else sum(1 for r in records if r.offset <= last))
+        self.handled[tp] = max(self.handled.get(tp, 0), records[handled - 1].offset + 1)
+        self.consumed[tp.topic].inc(handled)
         high = self.consumer.highwater(tp)
         lag = max(0, (high or 0) - self.handled[tp])
         progress.settle(_name(tp), lag)

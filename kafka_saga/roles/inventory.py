@@ -20,7 +20,7 @@ from .. import logs
 from ..bus.client import Bus
 from ..bus.loop import Subscription
 from ..core.catalog import Catalog
-from ..core.contracts import Command, CommandType, InventoryRequest, Snapshot, Step
+from ..core.contracts import Command, CommandType, InventoryRequest, Snapshot, Step, headers_dict
 from ..core.inventory import InventoryLedger
 
 log = logs.get("inventory")
@@ -30,13 +30,8 @@ REPLY_PARTITION = "reply-partition"  # request header: where the answer goes on 
 
 def reply_partition(record: Any) -> int | None:
     """The partition a request asks its answer to go to (None: by key)."""
-    for name, value in record.headers or ():
-        if name == REPLY_PARTITION:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return None
-    return None
+    raw = headers_dict(record.headers).get(REPLY_PARTITION, "")
+    return int(raw) if raw.isdigit() else None
 
 
 class InventoryParticipant:
