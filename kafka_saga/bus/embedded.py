@@ -39,7 +39,9 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:``port`` (closed connections do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -83,6 +85,8 @@ async def wait_until_ready(bootstrap: str, timeout: float = 20.0, security: dict
 
 class EmbeddedBroker:
     """A Tansu child process on 127.0.0.1 that cannot outlive its parent."""
+
+    kind = "embedded Tansu broker (memory-only: its data is gone)"
 
     def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
         self.port = port or free_port()

@@ -68,14 +68,29 @@ class Topics:
         return f"{self.prefix}kafka-saga.{role}"
 
 
+def replication_for(brokers: int, replication: int = 0, min_insync: int = 0) -> tuple[int, dict[str, str]]:
+    """Replication factor and topic configuration for a cluster of ``brokers``.
+
+    0 means "chosen from the cluster": 3 replicas (fewer on a smaller cluster) and
+    ``min.insync.replicas`` 2 (1 on a single broker), so that with acks=all a write
+    survives the loss of one broker and a cluster keeps taking writes with one broker down.
+    """
+    factor = replication or max(1, min(3, brokers))
+    insync = min_insync or min(2, factor)
+    return factor, ({"min.insync.replicas": str(insync)} if factor > 1 or min_insync else {})
+
+
 async def ensure_topics(
-    admin: AIOKafkaAdminClient, topics: Topics, partitions: int, replication: int
+    admin: AIOKafkaAdminClient, topics: Topics, partitions: int, replication: int = 0,
+    min_insync: int = 0,
 ) -> dict[str, str]:
     """Create missing topics; return ``{topic: "created" | "exists"}``. Idempotent."""
     existing = set(await admin.list_topics())
     wanted = topics.all()
+    brokers = len(admin._client.cluster.brokers())  # noqa: SLF001 - metadata fetched by list_topics
+    factor, replicated = replication_for(brokers, replication, min_insync)
     new = [
-        NewTopic(name, partitions, replication, topic_configs=config)
+        NewTopic(name, partitions, factor, topic_configs={**replicated, **config})
         for name, config in wanted.items()
         if name not in existing
     ]

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from .. import logs
 from ..bus.client import Bus
 from ..bus.embedded import EmbeddedBroker
+from ..bus.kafka_engine import KafkaCluster
 
 log = logs.get("broker-watch")
 EXIT_BROKER_DIED = 4
 
 
 class BrokerWatch:
-    def __init__(self, bus: Bus, embedded: EmbeddedBroker | None, on_fatal: Callable[[int], None],
+    def __init__(self, bus: Bus, embedded: EmbeddedBroker | KafkaCluster | None, on_fatal: Callable[[int], None],
                  interval_s: float = 5.0) -> None:
         self.bus = bus
         self.embedded = embedded
@@ -31,9 +32,8 @@ class BrokerWatch:
     async def check(self) -> str:
         """One check: ``ok``, ``unreachable``, ``recreated`` or ``died``."""
         if self.embedded is not None and not self.embedded.alive():
-            code = self.embedded.process.returncode if self.embedded.process else None
-            log.critical("embedded broker exited: its memory-only data is gone; stopping",
-                         bootstrap=self.bus.bootstrap, exit_code=code)
+            log.critical(f"the {self.embedded.kind} this process started has exited; stopping",
+                         bootstrap=self.bus.bootstrap)
             self.on_fatal(EXIT_BROKER_DIED)
             return "died"
         try:

@@ -11,22 +11,41 @@ from dataclasses import replace
 from .. import logs
 from ..bus.client import Bus
 from ..bus.embedded import EmbeddedBroker, free_port, port_is_free
+from ..bus.kafka_engine import KafkaCluster, free_port_pair
 from ..config import Settings
 from ..roles.base import RoleContext
 from .broker_watch import BrokerWatch
 from .supervisor import Supervisor
 
 log = logs.get("runtime")
+LocalBroker = EmbeddedBroker | KafkaCluster
 
 
 @contextlib.asynccontextmanager
-async def broker_for(settings: Settings) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
-    """Yield a bootstrap address (and the embedded broker when one was started here)."""
+async def broker_for(settings: Settings) -> AsyncIterator[tuple[str, LocalBroker | None]]:
+    """Yield a bootstrap address (and the local broker when one was started here).
+
+    Without ``KAFKA_BOOTSTRAP_SERVERS``: the embedded Tansu broker (memory-only), or with
+    ``KAFKA_SAGA_ENGINE=kafka`` a durable single Apache Kafka node keeping its data in
+    ``KAFKA_SAGA_KAFKA_DATA_DIR``, on ``KAFKA_SAGA_EMBEDDED_PORT`` when free.
+    """
     if settings.bootstrap_servers:
         log.info("using external Kafka broker", bootstrap=settings.bootstrap_servers)
         yield settings.bootstrap_servers, None
         return
     port = settings.embedded_port if port_is_free(settings.embedded_port) else free_port()
+    if settings.engine == "kafka":
+        if not port_is_free(port + 1):
+            port = free_port_pair()
+        node = KafkaCluster(settings.kafka_data_dir, nodes=1, port=port)
+        await node.start()
+        log.info("using a local Apache Kafka node (durable)", bootstrap=node.bootstrap,
+                 data_dir=str(node.data_dir))
+        try:
+            yield node.bootstrap, node
+        finally:
+            node.stop()
+        return
     broker = EmbeddedBroker(port)
     await broker.start()
     log.info("using embedded Tansu broker (memory-only: data is lost when it stops)",

@@ -22,7 +22,9 @@ from kafka_saga.config import (
 def test_defaults_from_empty_env() -> None:
     s = Settings.from_env({})
     assert s.bootstrap_servers is None and s.embedded_port == 9092 and s.topic_prefix == ""
-    assert (s.partitions, s.replication_factor, s.idempotent_producer, s.linger_ms) == (6, 1, False, 5)
+    # replication 0 and idempotence None: both chosen from the cluster the process meets
+    assert (s.partitions, s.replication_factor, s.idempotent_producer, s.linger_ms) == (6, 0, None, 5)
+    assert (s.engine, s.kafka_data_dir, s.min_insync_replicas) == ("tansu", ".data/kafka", 0)
     assert (s.query_host, s.query_port) == ("127.0.0.1", 8080)
     assert (s.breaker_fail_max, s.breaker_reset_s, s.send_retry_max_s) == (5, 10.0, 60.0)
     assert (s.restart_max, s.restart_window_s, s.shutdown_timeout_s) == (5, 60.0, 10.0)
@@ -38,7 +40,7 @@ def test_blank_values_mean_default() -> None:
     s = Settings.from_env(env)
     assert s.query_port == 8080 and s.role("aggregator").workers == 1
     assert s.breaker_reset_s == 10.0 and s.bootstrap_servers is None
-    assert s.query_host == "127.0.0.1" and s.idempotent_producer is False
+    assert s.query_host == "127.0.0.1" and s.idempotent_producer is None
 
 
 def test_seed_variable_names() -> None:
@@ -111,6 +113,16 @@ def test_bad_float_raises(name: str) -> None:
                                             ("enabled", False)])
 def test_bool_values(raw: str, value: bool) -> None:
     assert Settings.from_env({"KAFKA_ENABLE_IDEMPOTENCE": raw}).idempotent_producer is value
+
+
+def test_engine_and_replication_settings() -> None:
+    s = Settings.from_env({"KAFKA_SAGA_ENGINE": "Kafka", "KAFKA_SAGA_KAFKA_DATA_DIR": "/d",
+                           "KAFKA_SAGA_REPLICATION_FACTOR": "3", "KAFKA_SAGA_MIN_INSYNC_REPLICAS": "2"})
+    assert (s.engine, s.kafka_data_dir, s.replication_factor, s.min_insync_replicas) == ("kafka", "/d", 3, 2)
+    with pytest.raises(ConfigError, match="KAFKA_SAGA_ENGINE"):
+        Settings.from_env({"KAFKA_SAGA_ENGINE": "zookeeper"})
+    with pytest.raises(ConfigError, match="KAFKA_SAGA_REPLICATION_FACTOR"):
+        Settings.from_env({"KAFKA_SAGA_REPLICATION_FACTOR": "-1"})
 
 
 def test_security_settings() -> None:
