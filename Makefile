@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 ROLES  ?= all
 
-.PHONY: install run test test-unit chaos bench topics replay dlq broker lint clean
+.PHONY: install run test test-tansu test-kafka test-cluster test-unit chaos bench topics replay dlq \
+        broker kafka-jars lint clean
 
 $(BIN)/kafka-saga: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +16,19 @@ $(BIN)/kafka-saga: pyproject.toml
 
 install: $(BIN)/kafka-saga  ## create .venv and install the package with dev extras
 
-run: install  ## start the platform (embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+run: install  ## start the platform: on KAFKA_BOOTSTRAP_SERVERS, else a local broker (KAFKA_SAGA_ENGINE=tansu|kafka)
 	$(BIN)/kafka-saga run --roles $(ROLES)
 
-test: install  ## the whole test suite, on the real embedded broker
-	$(PY) -m pytest -q
+test: test-tansu test-kafka test-cluster  ## the whole suite on Tansu, broker tests again on Kafka, the cluster suite
+
+test-tansu: install  ## every test, on the embedded Tansu broker (tests/cluster apart)
+	$(PY) -m pytest -q --ignore=tests/cluster
+
+test-kafka: install  ## every test that talks to the broker, once more on a single Apache Kafka node
+	KAFKA_SAGA_TEST_ENGINE=kafka $(PY) -m pytest -q -m broker tests/integration tests/chaos
+
+test-cluster: install  ## faults on a three-node Apache Kafka cluster (tests/cluster)
+	$(PY) -m pytest -q -s tests/cluster
 
 test-unit: install  ## pure unit tests only (no broker)
 	$(PY) -m pytest -q tests/unit
@@ -39,8 +48,13 @@ replay: install  ## rebuild the projections from orders.events into replay-proje
 dlq: install  ## list the dead-letter queue
 	$(BIN)/kafka-saga dlq list
 
-broker: install  ## run the embedded broker in the foreground on 127.0.0.1:9092
+broker: install  ## run a local broker in the foreground on 127.0.0.1:9092 (KAFKA_SAGA_ENGINE=tansu|kafka)
 	$(BIN)/kafka-saga broker
+
+kafka-jars:  ## resolve Apache Kafka's broker jars with Maven into .cache/kafka (git-ignored)
+	mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	    -DoutputDirectory=$(CURDIR)/.cache/kafka/3.9.1/libs
+	@echo 3.9.1 > .cache/kafka/3.9.1/libs/.complete
 
 lint: install
 	$(BIN)/ruff check kafka_saga tests scripts
@@ -48,6 +62,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache logs pids replay-projections.json
+	@echo "kept: .data (local Kafka data) and .cache (Kafka jars); remove them by hand"
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # --- containers (needs a Docker engine with the compose plugin; see compose.yaml) ---------

@@ -64,16 +64,22 @@ def java_binary(env: Mapping[str, str] = os.environ) -> str:
         out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LaunchError(f"cannot run {java} -version: {exc}") from None
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if not match:
+    major = java_major(out.stderr + out.stdout)
+    if major is None:
         raise LaunchError(f"cannot tell the Java version of {java}: {out.stderr.strip()[:200]}")
-    major = int(match.group(1))
-    if major == 1:  # "1.8.0_292" is Java 8
-        major = int(match.group(2) or 0)
     if major < MIN_JAVA:
         raise LaunchError(f"{java} is Java {major}; Apache Kafka {KAFKA_VERSION} needs Java "
                           f"{MIN_JAVA} or newer (set JAVA_HOME to a newer JDK)")
     return java
+
+
+def java_major(version_text: str) -> int | None:
+    """The major version in ``java -version``'s output ("1.8.0_292" is 8, "17.0.15" is 17)."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_text)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
 
 
 def jar_cache(env: Mapping[str, str] = os.environ) -> Path:
