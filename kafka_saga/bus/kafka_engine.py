@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.coordination import FindCoordinatorRequest
 
 from .. import logs
 from .embedded import _die_with_parent, free_port, port_is_free
@@ -381,8 +382,33 @@ class KafkaCluster:
         await self.wait_ready(timeout, [node])
 
     async def wait_ready(self, timeout: float, nodes: list[Node] | None = None) -> None:
+        """Every node answers metadata naming all brokers, then a group coordinator answers.
+
+        The coordinator check makes "ready" mean ready for consumer groups too: on a fresh
+        cluster the first FindCoordinator creates ``__consumer_offsets`` and is refused
+        (COORDINATOR_NOT_AVAILABLE) until its partitions are led.
+        """
         deadline = time.monotonic() + timeout
         await asyncio.gather(*(self._wait_node(node, deadline) for node in nodes or self.nodes))
+        await self._wait_coordinator(deadline)
+
+    async def _wait_coordinator(self, deadline: float) -> None:
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            try:
+                await client.bootstrap()
+                response = await client.send(client.get_random_node(),
+                                             FindCoordinatorRequest("kafka-saga.ready", 0))
+                if response.error_code == 0:
+                    return
+                last = f"FindCoordinator error {response.error_code}"
+            except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+                last = str(exc)[:200] or type(exc).__name__
+            finally:
+                await client.close()
+            await asyncio.sleep(0.25)
+        raise LaunchError(f"Kafka answered metadata but no group coordinator in time: {last}")
 
     async def _wait_node(self, node: Node, deadline: float) -> None:
         last = "no answer yet"

@@ -340,7 +340,7 @@ async def test_a_one_mib_record_is_dead_lettered_without_a_crash(platform, setti
     await platform.start(role)
     client = await asyncio.to_thread(corpus.producer, settings.bootstrap_servers)
     try:
-        big = corpus.padded({"note": "chaos"}, 1024 * 1024)
+        big = corpus.padded({"note": "chaos"}, corpus.BIG_RECORD)  # 1 MiB, or Kafka's limit
         await asyncio.to_thread(corpus.send_all, client, topic, [(b"chaos-big", big, "oversize:1MiB")])
     finally:
         await asyncio.to_thread(client.close, 5)

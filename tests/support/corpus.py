@@ -31,10 +31,15 @@ from kafka_saga.core.contracts import (
     new_id,
 )
 
+from .engines import TEST_ENGINE
+
 Record = tuple[bytes | None, bytes | None, str]
 Headers = list[tuple[str, bytes]]
 ONE_MB = 1_000_000  # SI megabyte: the platform's own producer caps requests at 1 MiB
 MAX_REQUEST = 2_000_000
+# the biggest record a broker takes by default: Apache Kafka's message.max.bytes is 1,048,588
+# bytes for a whole batch (key, headers and framing included); Tansu has no such limit
+BIG_RECORD = 1024 * 1024 if TEST_ENGINE != "kafka" else 1_000_000
 CATALOG = Catalog()
 
 
@@ -210,11 +215,11 @@ def _envelope_fields(template: dict[str, Any], required: list[str], time_field: 
     return out
 
 
-def _keyed(values: list[tuple[bytes | None, str]], prefix: str) -> list[Record]:
-    """Keys: mostly distinct (spread over partitions), every seventh one null."""
+def _keyed(values: list[tuple[bytes | None, str]], prefix: str, null_keys: bool = True) -> list[Record]:
+    """Keys: mostly distinct (spread over partitions), every seventh one null (if ``null_keys``)."""
     out: list[Record] = []
     for i, (value, label) in enumerate(values):
-        key = None if i % 7 == 3 and value is not None else f"{prefix}-{i:03d}".encode()
+        key = None if null_keys and i % 7 == 3 and value is not None else f"{prefix}-{i:03d}".encode()
         out.append((key, value, label if key is not None else label + "+null-key"))
     return out
 
@@ -270,7 +275,8 @@ def malformed_aggregates() -> list[Record]:
         (_with(template, "last_updated", "t" * 65), "string:last_updated-too-long"),
         (_with(template, "metadata", {f"k{i}": "v" for i in range(65)}), "string:metadata-65"),
     ]
-    return _keyed(values, "chaos-agg")
+    # Apache Kafka itself refuses a keyless record on a compacted topic (the whole batch)
+    return _keyed(values, "chaos-agg", null_keys=TEST_ENGINE != "kafka")
 
 
 # Headers some malformed records carry: the letter keeps them, but never our own names spoofed.
