@@ -23,17 +23,20 @@ from .core.contracts import (
 
 # channel id -> (topic attribute, key, description, messages, who sends, who receives)
 CHANNELS: dict[str, tuple[str, str, str, list[str], list[str], list[str]]] = {
-    "ordersCommands": ("commands", "order_id", "Intents: order creation and rejections (flow-controlled: "
-                       "paused while the orchestrator is at its in-flight bound).",
-                       [t.value for t in CommandType], ["client", "tracker", "demo"],
-                       ["orchestrator"]),
-    "ordersReplies": ("replies", "saga's command partition (explicit, from the request's "
-                      "reply-partition header or the OrderCreated event)",
-                      "Answers to running sagas: the inventory participant's OrderApprove/OrderReject "
-                      "and the tracker's OrderReject. Never paused.",
+    "ordersCommands": ("commands", "order_id by convention; any key, or none, and any partitioner "
+                       "(a saga belongs to the partition its OrderCreate is on)",
+                       "Intents: order creation, and rejections of sagas whose partition is not "
+                       "known (flow-controlled: paused while the orchestrator is at its in-flight "
+                       "bound).",
+                       [t.value for t in CommandType], ["client", "demo"], ["orchestrator"]),
+    "ordersReplies": ("replies", "order_id; partition: the saga's (explicit, from the request's "
+                      "reply-partition header, or the partition of the saga's events)",
+                      "Messages to running sagas: the inventory participant's OrderApprove/"
+                      "OrderReject, the tracker's OrderReject, cancels (API, CLI). Never paused.",
                       [CommandType.ORDER_APPROVE.value, CommandType.ORDER_REJECT.value],
-                      ["inventory", "tracker"], ["orchestrator"]),
-    "ordersEvents": ("events", "order_id", "Every saga state transition, in order per order.",
+                      ["inventory", "tracker", "query", "cli"], ["orchestrator"]),
+    "ordersEvents": ("events", "order_id; partition: the saga's command partition (explicit)",
+                     "Every saga state transition, in order per saga.",
                      [t.value for t in EventType], ["orchestrator"],
                      ["aggregator", "tracker", "query", "replay"]),
     "ordersEventsByUser": ("events_by_user", "user", "orders.events re-keyed by user (aggregator stage).",

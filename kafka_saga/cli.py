@@ -185,32 +185,40 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def _cancel(args: argparse.Namespace) -> int:
-    from aiokafka.partitioner import DefaultPartitioner
+    """Find the order's saga in orders.events, then send an ``OrderReject`` to the partition
+    owning it on orders.replies: the partition its events are on, which is its command's.
 
+    Every partition is read: the client that wrote the order may have partitioned it with
+    any hash and any key, so no partitioner tells where the saga is. The order's saga is its
+    first (an order submitted twice has a second saga, which the tracker rejects)."""
     from .core.contracts import Event
     from .core.submission import reject_command
 
     bus = _bus(_settings(args))
     key = args.order_id.encode()
-    partitions = [tp.partition for tp in await bus.partitions(bus.topics.events)]
-    partition = DefaultPartitioner()(key, partitions, partitions)
-    first: list[Event] = []
+    found: list[tuple[int, int, Event]] = []  # (timestamp, partition, first event of a saga)
+    sagas: set[str] = set()
 
     def find(record: Any) -> None:
-        if record.key == key and not first:
-            try:
-                first.append(Event.decode(record.value))
-            except ValueError:
-                pass
+        if record.key != key:  # the orchestrator keys every event by its order id
+            return
+        try:
+            event = Event.decode(record.value)
+        except ValueError:
+            return
+        if event.snapshot.order_id == args.order_id and event.saga_id not in sagas:
+            sagas.add(event.saga_id)
+            found.append((record.timestamp or 0, record.partition, event))
 
-    await read_topic(bus, bus.topics.events, find, args.timeout, partitions=[partition])
-    if not first:
+    await read_topic(bus, bus.topics.events, find, args.timeout)
+    if not found:
         print(f"kafka-saga: no saga found for order {args.order_id}", file=sys.stderr)
         return 1
-    event = first[0]
+    _, partition, event = min(found, key=lambda f: (f[0], f[2].occurred_at))
     command = reject_command(args.order_id, event.saga_id, event.snapshot, args.reason, "cli")
     async with bus:
-        await bus.producer.send_and_wait(bus.topics.commands, command.encode(), command.key)
+        await bus.producer.send(bus.topics.replies, command.encode(), command.key, partition=partition)
+        await bus.producer.flush()
     print(f"reject sent for order {args.order_id} (saga {event.saga_id}, reason {args.reason})")
     return 0
 

@@ -6,6 +6,17 @@ reason), and send each picked dead letter's original key and bytes back to its o
 topic, with the original headers and an incremented re-injection mark
 (:func:`~kafka_saga.core.dead_letters.reinjection_headers`). Records written to the DLQ by
 hand (no reason/origin) are never re-injected.
+
+Where it goes: to its origin partition, explicitly, whenever the dead letter names one that
+still exists. A record of a saga belongs to the partition that owns the saga (the partition
+of its command: the orchestrator dead-letters a saga's command with that origin), and the
+client that wrote it may have used another partitioner than ours (librdkafka's crc32, or its
+own key, or none): sent back by key, it could reach an orchestrator that does not know the
+saga and would run it a second time. Back on its own partition, the owner recognises it (a
+re-injected ``OrderCreate`` of a saga it still remembers is a duplicate, ignored). The same
+holds for garbage and for the other topics: a record goes back exactly where it was read.
+Only a dead letter without a usable origin partition (none, negative, or beyond the topic's
+current partition count) goes by its key.
 """
 
 from __future__ import annotations
@@ -67,13 +78,26 @@ async def reinject(bus: Bus, letters: Iterable[Letter],
     """
     # a truncated dead letter no longer holds the original bytes: it cannot be sent back
     chosen = [(r, d) for r, d in letters if d.is_dead_letter and "value-truncated" not in d.headers]
+    counts: dict[str, int] = {}  # origin topic -> its partition count now
     for record, letter in chosen:
+        partition = letter.origin_partition
+        if partition is not None and partition >= 0 and letter.origin_topic not in counts:
+            counts[letter.origin_topic] = await _partition_count(bus, letter.origin_topic)
+        if partition is not None and not 0 <= partition < counts.get(letter.origin_topic, 0):
+            partition = None  # no usable origin partition: by key
         await bus.producer.send(letter.origin_topic, record.value, record.key,
-                                reinjection_headers(record))
+                                reinjection_headers(record), partition=partition)
     flush = asyncio.ensure_future(bus.producer.flush())  # shared producer: never cancel a flush
     flush.add_done_callback(_consume)
     await asyncio.wait_for(asyncio.shield(flush), flush_timeout)
     return [letter for _, letter in chosen]
+
+
+async def _partition_count(bus: Bus, topic: str) -> int:
+    try:
+        return len(await bus.partitions(topic))
+    except LookupError:  # the origin topic is gone: by key, as before (the producer decides)
+        return 0
 
 
 def describe(letter: DeadLetter) -> dict[str, Any]:

@@ -172,8 +172,11 @@ def _settings(request: web.Request) -> Settings:
     return request.app.get(SETTINGS) or Settings()
 
 
-async def _publish(request: web.Request, command: Command) -> web.Response | None:
-    """Send ``command`` on the commands topic and wait for the ack; a 503 response if not."""
+async def _publish(request: web.Request, command: Command, partition: int | None = None
+                   ) -> web.Response | None:
+    """Send ``command`` and wait for the ack; a 503 response if not. A new order goes to the
+    commands topic by key; with ``partition`` (a running saga's), to that partition of the
+    replies topic: the partition owning the saga, whatever partitioner wrote its command."""
     order_id = command.snapshot.order_id
     bus = request.app.get(BUS)
     if bus is None:
@@ -183,7 +186,11 @@ async def _publish(request: web.Request, command: Command) -> web.Response | Non
                           "nothing was submitted, retry later", order_id=order_id)
     producer = bus.producer
     try:
-        await producer.send(bus.topics.commands, command.encode(), key=command.key)
+        if partition is None:
+            await producer.send(bus.topics.commands, command.encode(), key=command.key)
+        else:
+            await producer.send(bus.topics.replies, command.encode(), key=command.key,
+                                partition=partition)
         flush = asyncio.ensure_future(producer.flush())  # shared producer: never cancel a flush
         flush.add_done_callback(_consume_result)
         await asyncio.wait_for(asyncio.shield(flush), SUBMIT_TIMEOUT_S)
@@ -317,7 +324,9 @@ async def cancel_order(request: web.Request) -> web.Response:
         return json_error(409, f"order {order_id!r} is already {status}",
                           order_id=order_id, saga_id=saga_id, order_status=status)
     command = reject_command(order_id, saga_id, snapshot, reason, "api", step=step)
-    failed = await _publish(request, command)
+    # to the saga's own partition (of its events, which is its command's) on orders.replies;
+    # by key on orders.commands only for a saga whose partition the view was not told
+    failed = await _publish(request, command, view.partition(order_id))
     if failed is not None:
         return failed
     log.info("order cancel requested", order_id=order_id, saga_id=saga_id, reason=reason)

@@ -1,8 +1,8 @@
 """The orders read model: a fold of ``orders.events`` into per-order and per-saga views.
 
 Pure apart from asyncio futures (for :meth:`OrdersView.wait_terminal`); no I/O. Events of one
-order arrive in order (the topic is keyed by ``order_id``); events of different orders
-interleave freely. The fold is idempotent through the saga state machine itself
+saga arrive in order (all on the partition of its command, see :meth:`OrdersView.partition`);
+events of different sagas interleave freely. The fold is idempotent through the saga state machine itself
 (:meth:`kafka_saga.core.saga.Saga.apply`): an event it would not act on — a redelivery, a
 repeated step, an approval after the end, a second terminal outcome — changes nothing.
 
@@ -63,6 +63,7 @@ class SagaRecord:
     created_at: str
     owner: bool
     saga: Saga  # the state machine the orchestrator itself uses: one set of transition rules
+    partition: int = -1  # of orders.events its events are on (-1: not told)
     updated_at: str = ""
     created: bool = False
     reserved: tuple[str, int] | None = None  # (item, quantity) taken by its Inventory step
@@ -140,7 +141,8 @@ class OrdersView:
         self.latest: deque[str] = deque(maxlen=RECENT_MAX)  # saga ids, newest last
         self._finished: deque[str] = deque()  # saga ids of the window's finished sagas, oldest first
         self._arrived: deque[str] = deque()  # saga ids of the window (and some gone), oldest first
-        self._evicted_owners = IdTable(width=3)  # order_id -> (saga high, saga low, state)
+        # order_id -> (saga high, saga low, state, partition + 1 (0: not told))
+        self._evicted_owners = IdTable(width=4)
         self._evicted_duplicates = IdTable(width=1)  # saga_id -> (state,)
         self._refs = IdRefs()
         self._items = Names()
@@ -148,21 +150,23 @@ class OrdersView:
 
     # --- folding ------------------------------------------------------------------------
 
-    def apply(self, event: Event) -> bool:
-        """Fold one event; return False when it changed nothing (a duplicate or a no-op)."""
+    def apply(self, event: Event, partition: int = -1) -> bool:
+        """Fold one event (read from ``partition`` of orders.events, when told); return False
+        when it changed nothing (a duplicate or a no-op)."""
         record = self.sagas.get(event.saga_id)
         if record is not None:
             return self._apply(record, event)
         order_id = event.snapshot.order_id
         owner_trace = self._evicted_owners.get(order_id)
         if owner_trace is not None:
-            high, low, state = owner_trace
+            high, low, state, where = owner_trace
             if self._refs.find(event.saga_id) == (high, low, state >> _ODD & 1):
-                return self._apply_evicted(event, state, (high, low))
+                return self._apply_evicted(event, state, (high, low, where))
         duplicate_trace = self._evicted_duplicates.get(event.saga_id)
         if duplicate_trace is not None:
             return self._apply_evicted(event, duplicate_trace[0], None)
         record = self._new_saga(event, owner=owner_trace is None and order_id not in self.owners)
+        record.partition = partition
         applied = self._apply(record, event)
         self._evict()
         return applied
@@ -245,7 +249,8 @@ class OrdersView:
             if record.owner:
                 del self.owners[record.order_id]
                 high, low, odd = self._refs.words(saga_id)
-                self._evicted_owners.put(record.order_id, (high, low, self._pack(record) | odd << _ODD))
+                self._evicted_owners.put(record.order_id, (high, low, self._pack(record) | odd << _ODD,
+                                                           max(0, record.partition + 1)))
             else:
                 self._evicted_duplicates.put(saga_id, (self._pack(record),))
             self.evicted += 1
@@ -269,9 +274,9 @@ class OrdersView:
                           created=bool(state >> 10 & 1), reserved=reserved,
                           released=bool(state >> 12 & 1))
 
-    def _apply_evicted(self, event: Event, state: int, owner_ref: tuple[int, int] | None) -> bool:
+    def _apply_evicted(self, event: Event, state: int, owner_ref: tuple[int, int, int] | None) -> bool:
         """An event of an evicted saga (its order's owner when ``owner_ref`` is its id's
-        words): the same rules, on its trace."""
+        words and its partition word): the same rules, on its trace."""
         record = self._unpack(event, owner_ref is not None, state)
         old_status = record.status
         if not self._advance(record, event):
@@ -279,8 +284,9 @@ class OrdersView:
             return False
         self._count(record, old_status)
         if owner_ref is not None:
+            high, low, where = owner_ref
             self._evicted_owners.put(record.order_id,
-                                     (*owner_ref, self._pack(record) | (state & 1 << _ODD)))
+                                     (high, low, self._pack(record) | (state & 1 << _ODD), where))
         else:
             self._evicted_duplicates.put(event.saga_id, (self._pack(record),))
         return True
@@ -298,7 +304,7 @@ class OrdersView:
         trace = self._evicted_owners.get(order_id)
         if trace is None:
             return None
-        high, low, state = trace
+        high, low, state, _ = trace
         step = next((s for s in STEP_ORDER if not state >> 2 & _STEP_BITS[s]), Step.FINALIZE)
         return {"order_id": order_id, "saga_id": self._refs.text(high, low, state >> _ODD & 1),
                 "status": STATUSES[state & 3], "step": step.value}
@@ -314,6 +320,15 @@ class OrdersView:
     def owner(self, order_id: str) -> SagaRecord | None:
         saga_id = self.owners.get(order_id)
         return self.sagas[saga_id] if saga_id is not None else None
+
+    def partition(self, order_id: str) -> int | None:
+        """The partition of orders.events the order's saga is on, evicted or not: the
+        partition of its command, which owns the saga (None when unknown or not told)."""
+        record = self.owner(order_id)
+        if record is not None:
+            return record.partition if record.partition >= 0 else None
+        trace = self._evicted_owners.get(order_id)
+        return trace[3] - 1 if trace is not None and trace[3] else None
 
     def page(self, limit: int, after: str | None = None, status: str | None = None
              ) -> tuple[list[dict[str, Any]], str | None]:

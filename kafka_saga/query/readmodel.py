@@ -120,7 +120,7 @@ class ReadModel:
         except ContractError:
             self.malformed_events += 1
             return
-        self.orders.apply(event)
+        self.orders.apply(event, record.partition)  # the saga's partition: where rejects go
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:

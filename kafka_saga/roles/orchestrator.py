@@ -1,17 +1,23 @@
 """orchestrator: runs each order's saga — Validation -> Payment -> Inventory -> Finalize.
 
-Commands come in on ``orders.commands`` (``OrderCreate`` from clients, ``OrderReject`` from
-``kafka-saga cancel`` and the API); answers to running sagas on ``orders.replies`` (the
-inventory participant's answers, the tracker's rejects), read by the same consumer group,
-co-partitioned with the commands (range assignment, same partition count). Every state
-transition goes out as an event on ``orders.events`` before the saga moves on, and is
-acknowledged by the broker before the saga waits on the inventory participant or reports an
-end. In between, the saga does not wait for acknowledgements: the steps it may repeat after
-a crash lost an unacknowledged event are idempotent (validation is pure; the payment gateway
-and the inventory ledger answer a repeated request for the same saga id the same way).
-Saga state is never stored elsewhere: when this process is assigned a commands partition
-it re-reads the same partition of ``orders.events`` (same key, same partition count) and
-resumes every unfinished saga, so a ``kill -9`` or a rebalance loses nothing.
+Commands come in on ``orders.commands`` (``OrderCreate`` from clients, keyed and partitioned
+however the client likes); messages to running sagas on ``orders.replies`` (the inventory
+participant's answers, the tracker's rejects, cancels from ``kafka-saga cancel`` and the API),
+read by the same consumer group, co-partitioned with the commands (range assignment, same
+partition count, checked at start). Every state transition goes out as an event on
+``orders.events`` before the saga moves on, and is acknowledged by the broker before the
+saga waits on the inventory participant or reports an end. In between, the saga does not
+wait for acknowledgements: the steps it may repeat after a crash lost an unacknowledged
+event are idempotent (validation is pure; the payment gateway and the inventory ledger
+answer a repeated request for the same saga id the same way). Saga state is never stored
+elsewhere: when this process is assigned a commands partition it re-reads the same partition
+of ``orders.events`` and resumes every unfinished saga, so a ``kill -9`` or a rebalance
+loses nothing.
+
+A saga belongs to the partition its ``OrderCreate`` was read from; everything of it goes to
+that partition number explicitly, never by a key hash a client may disagree with (librdkafka
+hashes with crc32, Java with murmur2; a client may use another key, or none): its events on
+``orders.events``, its answers and rejects on ``orders.replies``.
 
 Backpressure: each saga runs in its own task, counted against ``KAFKA_SAGA_MAX_IN_FLIGHT``
 (:mod:`kafka_saga.bus.inflight`); a commands partition at its share of the bound is paused
@@ -37,6 +43,7 @@ from .. import logs
 from ..bus.follow import read_topic
 from ..bus.inflight import InFlight
 from ..bus.loop import Subscription, consume_workers
+from ..config import ConfigError
 from ..core.catalog import Catalog
 from ..core.contracts import Command, CommandType, Event, EventType, InventoryRequest, Step, new_id
 from ..core.finished import FinishedSagas, SagaRestore, settled
@@ -255,10 +262,12 @@ class OrchestratorRole(Role):
         await self.bus.producer.send(self.bus.topics.inventory, request.encode(), request.key)
 
     async def emit(self, saga: Saga, event: Event, flush: bool = True) -> None:
-        """Record a transition: apply it, publish it, and (by default) wait until it is durable."""
+        """Record a transition: apply it, publish it to the saga's partition of orders.events
+        (its command's: where its owner restores it from), and (by default) wait until durable."""
         if not saga.apply(event) and event.type is not EventType.ORDER_CREATED:
             return
-        await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key)
+        await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key,
+                                     partition=self._partition(saga))
         if flush:
             await self.bus.producer.flush()
         # terminal outcomes at info; the steps in between at debug (hot path: ~5 per order)
@@ -280,6 +289,11 @@ class OrchestratorRole(Role):
         await self.bus.producer.send_to_dlq(origin, reason, error, self.name, saga.retry_count)
 
     # --- ownership and memory ----------------------------------------------------------
+    def _partition(self, saga: Saga) -> int | None:
+        """The partition owning ``saga``: its command's (None, by key, only when unknown)."""
+        partition = self.partition_of.get(saga.saga_id, saga.origin[0] if saga.origin else -1)
+        return partition if partition >= 0 else None
+
     def _register(self, saga: Saga, partition: int) -> None:
         self.sagas[saga.saga_id] = saga
         self.partition_of[saga.saga_id] = partition
@@ -361,13 +375,15 @@ class OrchestratorRole(Role):
                 suspects = idle
 
     async def check_partitions(self) -> None:
+        """A saga's partition number is used on all three topics: their counts must be equal
+        (a :class:`ConfigError` stops the process; no restart can fix it)."""
         topics = self.bus.topics
-        commands = await self.bus.partitions(topics.commands)
-        for other in (topics.events, topics.replies):
-            count = len(await self.bus.partitions(other))
-            if count != len(commands):
-                raise RuntimeError(f"{topics.commands} has {len(commands)} partitions but "
-                                   f"{other} has {count}: they must be equal")
+        counts = {t: len(await self.bus.partitions(t))
+                  for t in (topics.commands, topics.events, topics.replies)}
+        if len(set(counts.values())) > 1:
+            raise ConfigError(", ".join(f"{t} has {n} partitions" for t, n in counts.items())
+                              + ": the orchestrator needs the same count on all three (a saga's "
+                              "events and replies go to its command's partition number)")
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.check_partitions()

@@ -2,9 +2,10 @@
 
 Consumes ``orders.events`` (group ``kafka-saga.tracker``), applies
 :class:`~kafka_saga.core.rules.TrackerRules` per owned partition, and for each broken rule
-publishes an ``OrderReject`` command on ``orders.replies`` at the saga's command partition
-(named by its ``OrderCreated`` event; without it, on ``orders.commands`` keyed by order_id) with a
-deterministic ``command_id`` ``tracker:{rule}:{saga_id}``. It never talks to the
+publishes an ``OrderReject`` command on ``orders.replies`` at the partition of the event that
+broke it (a saga's events are all on its command's partition, the one owning the saga,
+whatever partitioner the client used), with a deterministic ``command_id``
+``tracker:{rule}:{saga_id}``. It never talks to the
 orchestrator directly: the orchestrator reads the command like any other.
 
 State is event-sourced: when a partition is assigned the shared loop re-reads it from the
@@ -90,15 +91,13 @@ class TrackerRole(Role):
             rules.observe(event)  # rebuild only: these were handled before
 
     async def publish(self, violation: Violation, record: Any) -> None:
-        """The reject goes to the saga's partition of ``orders.replies`` when the event names it
-        (``OrderCreated`` does), so it never waits behind new orders; else on ``orders.commands``."""
+        """The reject goes to the saga's partition of ``orders.replies`` (that of the event: a
+        saga's events are on its command's partition), never behind new orders, never by a
+        key hash a client's partitioner may disagree with."""
         command = reject_command(violation)
-        topics, producer = self.ctx.bus.topics, self.ctx.bus.producer
-        partition = violation.event.metadata.get("command_partition", "")
-        if partition.isdigit():
-            await producer.send(topics.replies, command.encode(), command.key, partition=int(partition))
-        else:
-            await producer.send(topics.commands, command.encode(), command.key)
+        topics = self.ctx.bus.topics
+        await self.ctx.bus.producer.send(topics.replies, command.encode(), command.key,
+                                         partition=record.partition)
         self.rejected += 1
         log.warning("rule broken, order reject requested", order_id=violation.order_id,
                     saga_id=violation.saga_id, rule=violation.rule, reason=violation.reason,

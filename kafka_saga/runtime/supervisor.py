@@ -2,7 +2,10 @@
 
 A crashing role is logged and restarted with exponential backoff; a role that crashes
 ``restart_max`` times within ``restart_window_s`` stops the whole process with a non-zero
-exit code (a crash loop is not something to hide). ``request_stop`` (SIGINT/SIGTERM) stops
+exit code (a crash loop is not something to hide). A role that raises
+:class:`~kafka_saga.config.ConfigError` (a misconfiguration no restart can fix, e.g. topics
+with unequal partition counts) stops the process at once, with exit code 2 and one critical
+log line saying why. ``request_stop`` (SIGINT/SIGTERM) stops
 every role in reverse start order; each commits its offsets and the shared producer is
 flushed by the runtime afterwards.
 
@@ -22,7 +25,7 @@ from collections import deque
 from typing import Any
 
 from .. import logs
-from ..config import ROLE_ORDER
+from ..config import ROLE_ORDER, ConfigError
 from ..roles import ROLES
 from ..roles.base import Role, RoleContext
 from .http import HttpServer, metrics_app
@@ -30,6 +33,7 @@ from .watchdog import OWNER, Stall, Watchdog
 
 log = logs.get("supervisor")
 CRASH_LOOP_EXIT = 3
+CONFIG_EXIT = 2  # as the command line's configuration errors
 
 
 class RoleStalled(Exception):
@@ -162,6 +166,12 @@ class Supervisor:
                 if stop.is_set():
                     break
                 raise RuntimeError(f"role {name} returned without being asked to stop")
+            except ConfigError as exc:  # restarting cannot fix it: say why, once, and stop
+                metrics.role_state[name] = "crashed"
+                log.critical("role misconfigured: stopping the process", role=name, error=str(exc))
+                self.exit_code = CONFIG_EXIT
+                self.request_stop()
+                break
             except Exception as exc:  # noqa: BLE001 - any crash (or stall) is restarted
                 now = time.monotonic()
                 if now - started > self.restart_window_s:

@@ -118,8 +118,8 @@ async def test_admin_token_is_required_and_compared_in_constant_time(platform, s
     assert status == 200 and answer["reinjected"] == 0, answer  # scheme is case-insensitive
     status, headers, answer = await call(platform, "POST", "/orders/o-adm/cancel", bearer(), json=body)
     assert status == 202 and headers["Location"] == "/orders/o-adm", answer
-    found: list[Command] = []
-    await read_topic(bus, bus.topics.commands, lambda r: found.append(Command.decode(r.value)),
+    found: list[Command] = []  # on the saga's partition of orders.replies (its events')
+    await read_topic(bus, bus.topics.replies, lambda r: found.append(Command.decode(r.value)),
                      timeout=TIMEOUT)
     assert [c.type for c in found] == [CommandType.ORDER_REJECT]
     assert found[0].metadata == {"reason": "changed my mind", "source": "api"}

@@ -50,6 +50,25 @@ async def commands_on_topic(bus) -> list[tuple[bytes, Command]]:
     return found
 
 
+async def rejects_on_replies(bus) -> list[tuple[bytes, int, Command]]:
+    """Every record on the replies topic (to its end as of now): key, partition, command."""
+    found: list[tuple[bytes, int, Command]] = []
+    await read_topic(bus, bus.topics.replies,
+                     lambda r: found.append((r.key, r.partition, Command.decode(r.value))),
+                     timeout=TIMEOUT)
+    return found
+
+
+async def partition_of(bus, saga_id: str) -> int:
+    """The partition of orders.events the saga's events are on."""
+    found: set[int] = set()
+    await read_topic(bus, bus.topics.events,
+                     lambda r: found.add(r.partition) if Event.decode(r.value).saga_id == saga_id else None,
+                     timeout=TIMEOUT)
+    [partition] = found
+    return partition
+
+
 async def produce_async(settings, topic: str, events: list[Event]) -> None:
     await asyncio.to_thread(produce_events, settings.bootstrap_servers, topic, events)
 
@@ -333,10 +352,13 @@ async def test_cancel_publishes_an_order_reject_for_the_orders_saga(platform, se
                    {"json": {"reason": "x", "force": True}}):
         assert_error(await call(platform, "/orders/o-cancel/cancel", "POST", **admin, **kwargs), 400)
 
-    found = await commands_on_topic(bus)
+    # on orders.replies, at the partition owning each saga (that of its events), none by key
+    assert await commands_on_topic(bus) == []
+    found = await rejects_on_replies(bus)
     assert len(found) == 2
-    key, command = next((k, c) for k, c in found if c.snapshot.order_id == "o-cancel")
+    key, partition, command = next((k, p, c) for k, p, c in found if c.snapshot.order_id == "o-cancel")
     assert key == b"o-cancel" and command.type is CommandType.ORDER_REJECT
+    assert partition == await partition_of(bus, pending[0].saga_id)
     assert command.saga_id == pending[0].saga_id and command.command_id == reply.body["command_id"]
     assert command.metadata == {"reason": "changed my mind", "source": "api"}
     assert command.step is Step.PAYMENT  # where the saga is: Validation approved, Payment next
@@ -371,6 +393,7 @@ async def test_evicted_orders_answer_410_with_their_status_and_can_still_be_canc
     assert late.status == 202 and late.body["saga_id"] == old[0].saga_id, late.text
     assert_error(await call(platform, "/orders/o-gone/cancel", "POST", **admin, json={"reason": "x"}),
                  409, "failed")
-    [(key, command)] = await commands_on_topic(bus)
+    [(key, partition, command)] = await rejects_on_replies(bus)  # the trace kept its partition
     assert key == b"o-old" and command.type is CommandType.ORDER_REJECT
+    assert partition == await partition_of(bus, old[0].saga_id)
     assert command.saga_id == old[0].saga_id and command.step is Step.FINALIZE

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.config import RoleOptions, Settings
+from kafka_saga.config import ConfigError, RoleOptions, Settings
 from kafka_saga.roles.base import Role, RoleContext
-from kafka_saga.runtime.supervisor import CRASH_LOOP_EXIT, Supervisor
+from kafka_saga.runtime.supervisor import CONFIG_EXIT, CRASH_LOOP_EXIT, Supervisor
 
 EVENTS: list[str] = []
 
@@ -78,3 +78,22 @@ async def test_crash_loop_stops_the_process_with_non_zero_exit():
     assert code == CRASH_LOOP_EXIT
     assert supervisor.restarts["dlq"] == 3
     assert supervisor.health()["roles"]["query"]["state"] == "stopped"
+
+
+class Misconfigured(Role):
+    name = "orchestrator"
+    attempts = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        type(self).attempts += 1
+        raise ConfigError("orders.events has 4 partitions, orders.commands has 3")
+
+
+async def test_a_misconfigured_role_stops_the_process_at_once_with_exit_code_2():
+    Misconfigured.attempts = 0
+    settings = Settings.from_env({})
+    supervisor = Supervisor(_contexts(settings), ["orchestrator", "query"], first_backoff_s=0.01,
+                            roles={"orchestrator": Misconfigured, "query": Steady})
+    code = await asyncio.wait_for(supervisor.run(), 10)
+    assert code == CONFIG_EXIT == 2
+    assert Misconfigured.attempts == 1 and supervisor.restarts["orchestrator"] == 0

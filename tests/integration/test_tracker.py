@@ -55,9 +55,15 @@ EXPECTED = {
 
 
 async def commands(bus) -> list[tuple[Command, bytes]]:
+    """The tracker's rejects: on orders.replies, each at the partition of the saga's events."""
+    events: list = []
+    await read_topic(bus, bus.topics.events, events.append, 30)
+    where = {Event.decode(r.value).saga_id: r.partition for r in events}
     records: list = []
-    await read_topic(bus, bus.topics.commands, records.append, 30)
-    return [(Command.decode(r.value), r.key) for r in records]
+    await read_topic(bus, bus.topics.replies, records.append, 30)
+    found = [(Command.decode(r.value), r.key, r.partition) for r in records]
+    assert all(partition == where[c.saga_id] for c, _, partition in found)
+    return [(c, key) for c, key, _ in found]
 
 
 async def at_least(bus, count: int) -> list[tuple[Command, bytes]] | None:

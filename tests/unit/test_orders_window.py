@@ -166,3 +166,21 @@ def test_an_evicted_order_costs_a_few_dozen_bytes():
     size, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert view.evicted == 2990 and size / 3000 < 150  # in full: ~1.4 KB
+
+
+def test_the_partition_owning_an_order_is_kept_after_eviction():
+    view = OrdersView(CATALOG, max_sagas=2)
+    first = saga_events("o-p4", "late_rejected")
+    for event in first[:5]:  # approved
+        view.apply(event, 4)
+    for order, partition in (("o-p0", 0), ("o-new1", 1), ("o-new2", 2)):
+        for event in saga_events(order, "approved"):
+            view.apply(event, partition)
+    for event in saga_events("o-untold", "pending"):
+        view.apply(event)  # no partition told
+    assert view.evicted_order("o-p4") is not None and view.evicted_order("o-p0") is not None
+    assert [view.partition(o) for o in ("o-p4", "o-p0", "o-new2", "o-untold", "o-ghost")] == [
+        4, 0, 2, None, None]
+    for event in first[5:]:  # the evicted saga is compensated by a late reject
+        assert view.apply(event, 4)
+    assert view.status("o-p4") == "rejected" and view.partition("o-p4") == 4
