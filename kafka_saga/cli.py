@@ -16,6 +16,7 @@ from typing import Any
 from . import logs
 from .bus.client import BrokerUnavailable, Bus, retry_until
 from .bus.follow import read_topic
+from .bus.kafka_engine import LaunchError
 from .config import ConfigError, Settings, parse_roles
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -67,7 +68,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     from .bus.embedded import EmbeddedBroker
 
-    broker = EmbeddedBroker(args.port or _settings(args).embedded_port)
+    settings = _settings(args)
+    if (args.engine or settings.engine) == "kafka":
+        from .bus.kafka_engine import KafkaCluster, serve
+
+        return serve(KafkaCluster(args.data_dir or settings.kafka_data_dir, nodes=args.nodes,
+                                  port=args.port or settings.embedded_port))
+    if args.nodes != 1 or args.data_dir:
+        raise ConfigError("--nodes and --data-dir apply to --engine kafka (Tansu is one "
+                          "memory-only node)")
+    broker = EmbeddedBroker(args.port or settings.embedded_port)
     broker.spawn()
     log = logs.get("cli")
     stopping = False
@@ -294,8 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="query API port (default $QUERY_API_PORT or 8080)")
     run.set_defaults(func=cmd_run)
 
-    broker = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
-    broker.add_argument("--port", type=int, help="port (default $KAFKA_SAGA_EMBEDDED_PORT or 9092)")
+    broker = sub.add_parser("broker", help="run a local broker in the foreground: the embedded "
+                            "Tansu (memory-only) or Apache Kafka (durable, 1 or 3 nodes)")
+    broker.add_argument("--engine", choices=("tansu", "kafka"),
+                        help="default $KAFKA_SAGA_ENGINE, else tansu")
+    broker.add_argument("--nodes", type=int, choices=(1, 3), default=1,
+                        help="kafka: nodes, each a broker and a controller (default 1)")
+    broker.add_argument("--port", type=int, help="first client port; kafka nodes use PORT..PORT+N-1 "
+                        "and controllers the N ports after (default $KAFKA_SAGA_EMBEDDED_PORT or 9092)")
+    broker.add_argument("--data-dir", help="kafka: where the nodes keep their data "
+                        "(default $KAFKA_SAGA_KAFKA_DATA_DIR or .data/kafka)")
     broker.set_defaults(func=cmd_broker)
 
     topics = with_broker(sub.add_parser("topics", help="create or list topics"))
@@ -363,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kafka-saga: configuration error: {exc}", file=sys.stderr)
         return 2
+    except LaunchError as exc:
+        print(f"kafka-saga: {exc}", file=sys.stderr)
+        return 1
     except (BrokerUnavailable, TimeoutError, LookupError) as exc:
         print(f"kafka-saga: {exc}", file=sys.stderr)
         return 1
