@@ -162,8 +162,9 @@ async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_lin
     admin = bus.admin()
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(bus.topics.events, settings.partitions + 1,
-                                            settings.replication_factor)])
+        created = await admin.create_topics([NewTopic(bus.topics.events, settings.partitions + 1,
+                                                      settings.replication_factor or 1)])
+        assert [code for _, code, *_ in created.topic_errors] == [0]
     finally:
         await admin.close()
     log_path = str(tmp_path / "orchestrator.log")
