@@ -143,9 +143,13 @@ async def test_reject_command_compensates_an_approved_saga_in_reverse_order(plat
 
 async def test_reject_stops_a_pending_saga(platform, bus, settings):
     await platform.start("orchestrator")
-    slow = order(payment_delay_ms="1500")
+    slow = order(payment_delay_ms="4000")
     await submit(bus, slow)
-    await asyncio.sleep(0.8 + 3.5)  # group join, then the payment attempt is in flight
+
+    async def started():  # the saga's first event is out: its payment attempt is in flight
+        return (await events_by_order(bus)).get(slow.snapshot.order_id)
+
+    await eventually(started, timeout=60, what="the saga started")
     reject = Command(new_id(), slow.saga_id, CommandType.ORDER_REJECT, slow.snapshot,
                      metadata={"reason": "customer_cancelled"})
     await submit(bus, reject)
