@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from .. import logs
@@ -214,14 +216,21 @@ class Bus:
         deadline = time.monotonic() + timeout
         try:
             await client.bootstrap()
-            while True:
-                cluster = await client.fetch_all_metadata()
-                pending = [t for t in topics
-                           if len(cluster.available_partitions_for_topic(t) or ()) < self.settings.partitions]
+            while True:  # every broker that answers is asked: a client may ask any of them
+                pending: set[str] = set()
+                for broker in client.cluster.brokers():
+                    try:
+                        answer = await client.send(broker.nodeId, MetadataRequest(topics))
+                    except Exception:  # noqa: BLE001, S112 - a broker that is down tells nothing
+                        continue
+                    view = ClusterMetadata()
+                    view.update_metadata(answer)
+                    pending.update(t for t in topics if len(view.available_partitions_for_topic(t) or ())
+                                   < self.settings.partitions)
                 if not pending:
                     return
                 if time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"topics without leaders after {timeout:.0f}s: {pending}")
+                    raise BrokerUnavailable(f"topics without leaders after {timeout:.0f}s: {sorted(pending)}")
                 await asyncio.sleep(0.1)
         finally:
             await client.close()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from .. import logs
@@ -295,10 +295,21 @@ class _Runner(ConsumerRebalanceListener):
             if offset > self.committed.get(tp, -1) and tp in self.committed
         }
         self.handled.clear()
-        if offsets:
+        if not offsets:
+            return
+        try:
             await self.consumer.commit(offsets)
-            for tp, meta in offsets.items():
-                self.committed[tp] = meta.offset
+        except CommitFailedError as exc:
+            # The group moved on without us (our session expired while the broker was away, or
+            # a rebalance is under way): whoever owns these partitions now redelivers from the
+            # last commit, and the handlers are idempotent. The consumer rejoins on its next
+            # fetch; crashing the role would only count towards its restart limit.
+            self.log.warning("commit refused: the group moved on; the partitions' next owner "
+                             "redelivers from the last commit", error=str(exc)[:200],
+                             partitions=len(offsets))
+            return
+        for tp, meta in offsets.items():
+            self.committed[tp] = meta.offset
 
     async def _update_idle_lag(self) -> dict[str, int]:
         """Lag of every assigned partition whose end is known; returned for the watchdog."""
