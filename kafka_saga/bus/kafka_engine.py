@@ -284,7 +284,7 @@ class KafkaCluster:
         log.info("formatting Kafka storage", cluster_id=self.cluster_id, nodes=[n.node_id for n in todo])
         running = [(node, subprocess.Popen(
             [self._java, "-Xmx256m", *self._logging(node), "-cp", f"{self._libs}/*",
-             "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+             "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
              "-c", str(node.home / "server.properties"), "--ignore-formatted"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)) for node in todo]
         for node, proc in running:
