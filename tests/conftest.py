@@ -8,7 +8,6 @@ Tests that talk to the session's broker are marked ``broker`` automatically, so 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator

@@ -6,7 +6,7 @@ lives under the data directory ``D``::
 
     D/cluster.json      cluster id and node count, written when D is first formatted
     D/node-<id>/        server.properties, log4j.properties and the node's log directory
-    D/node-<id>.pid     the JVM's pid while it runs (a test can kill one chosen node)
+    D/node-<id>.pid     the JVM's pid (a test can kill one chosen node); removed at a clean stop
     D/node-<id>.log     what the JVM prints (warnings and start/stop lines)
 
 The jars come from ``$KAFKA_SAGA_KAFKA_HOME/libs`` (an unpacked distribution) or from a
@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -134,9 +135,32 @@ def resolve_jars(libs: Path) -> Path:
     return libs
 
 
-def free_port_block(size: int, attempts: int = 200) -> int:
-    """A port P such that P .. P+size-1 are all free on 127.0.0.1."""
-    for _ in range(attempts):
+LOWEST_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (32768 if unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_block(size: int, attempts: int = 500) -> int:
+    """A port P such that P .. P+size-1 are free on 127.0.0.1, below the ephemeral range.
+
+    Not from ``bind(0)``: that range is where outgoing connections take their ports, and a
+    node binds its ports only once it has joined the cluster, seconds later on a busy
+    machine; a port taken by a connection meanwhile (or held in its TIME_WAIT) would kill
+    the node with "Address already in use". ``connect()`` never takes a port below the range.
+    """
+    high = _ephemeral_low() - size
+    rng = random.SystemRandom()
+    for _ in range(attempts if high > LOWEST_PORT else 0):
+        base = rng.randrange(LOWEST_PORT, high)
+        if all(port_is_free(base + i) for i in range(size)):
+            return base
+    for _ in range(attempts):  # an unusual range: the kernel's choice, as a last resort
         base = free_port()
         if base + size < 65536 and all(port_is_free(base + i) for i in range(size)):
             return base
@@ -504,8 +528,11 @@ def serve(cluster: KafkaCluster) -> int:
                 stopped = [node for node in cluster.nodes if not node.alive()]
                 for node in stopped:
                     cluster.spawn(node)
-                asyncio.run(cluster.wait_ready(120.0, stopped))
-                log.info("Kafka nodes started again", nodes=[n.node_id for n in stopped])
+                try:
+                    asyncio.run(cluster.wait_ready(120.0, stopped))
+                    log.info("Kafka nodes started again", nodes=[n.node_id for n in stopped])
+                except LaunchError as exc:  # reported below as exited, and left down
+                    log.error("Kafka nodes did not start again", error=str(exc))
             for node in cluster.nodes:
                 if node.alive():
                     down.discard(node.node_id)

@@ -32,10 +32,10 @@ from kafka_saga.bus.kafka_engine import (
     java_binary,
     libs_dir,
 )
+from kafka_saga.bus.kafka_engine import free_port_block as port_block
 
 from ..support.engines import kafka_unavailable
 from ..support.platform import eventually
-from ..support.ports import port_block
 from ..support.processes import json_log_lines, pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
