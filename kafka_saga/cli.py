@@ -16,7 +16,7 @@ from typing import Any
 from . import logs
 from .bus.client import BrokerUnavailable, Bus, retry_until
 from .bus.follow import read_topic
-from .bus.kafka_engine import LaunchError
+from .bus.kafka_jars import LaunchError
 from .config import ConfigError, Settings, parse_roles
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"

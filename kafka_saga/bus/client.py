@@ -138,7 +138,7 @@ class Bus:
             await client.bootstrap()
             node = client.get_random_node()
             response = await asyncio.wait_for(
-                client.send(node, InitProducerIdRequest(transactional_id=None,  # type: ignore[arg-type]
+                client.send(node, InitProducerIdRequest(transactional_id=None,
                                                         transaction_timeout_ms=60000)), 5)
             if response.error_code == 0 and response.producer_id >= 0:
                 return True, f"producer id {response.producer_id} granted"

@@ -9,10 +9,9 @@ lives under the data directory ``D``::
     D/node-<id>.pid     the JVM's pid (a test can kill one chosen node); removed at a clean stop
     D/node-<id>.log     what the JVM prints (warnings and start/stop lines)
 
-The jars come from ``$KAFKA_SAGA_KAFKA_HOME/libs`` (an unpacked distribution) or from a
-cache that Maven fills from ``scripts/kafka/pom.xml`` (``make kafka-jars``; done here on
-first use). A JVM dies with the process that started it, even when that one is SIGKILLed
-(PR_SET_PDEATHSIG, as for the embedded Tansu broker). Misconfiguration is raised as
+The jars and Java are found by :mod:`kafka_saga.bus.kafka_jars`. A JVM dies with the
+process that started it, even when that one is SIGKILLed (PR_SET_PDEATHSIG, as for the
+embedded Tansu broker). Misconfiguration is raised as
 :class:`LaunchError`, one line meant for a human.
 """
 
@@ -23,14 +22,12 @@ import contextlib
 import json
 import os
 import random
-import re
-import shutil
 import signal
 import subprocess
 import time
 import uuid
 from base64 import urlsafe_b64encode
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,101 +36,9 @@ from aiokafka.protocol.coordination import FindCoordinatorRequest
 
 from .. import logs
 from .embedded import _die_with_parent, free_port, port_is_free
+from .kafka_jars import KAFKA_VERSION, LaunchError, java_binary, libs_dir
 
 log = logs.get("kafka")
-
-KAFKA_VERSION = "3.9.1"  # also compose.yaml's image and scripts/kafka/pom.xml
-MIN_JAVA = 11
-REPO = Path(__file__).resolve().parents[2]
-POM = REPO / "scripts" / "kafka" / "pom.xml"
-
-
-class LaunchError(RuntimeError):
-    """Kafka cannot be started as asked; the message says why, in one line."""
-
-
-# --- Java and the jars ---------------------------------------------------------------------
-
-def java_binary(env: Mapping[str, str] = os.environ) -> str:
-    """The ``java`` to run: ``$JAVA_HOME/bin/java``, else the one on PATH; checked for version."""
-    home = env.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() \
-        else shutil.which("java")
-    if not java:
-        raise LaunchError(f"java not found (Apache Kafka {KAFKA_VERSION} needs Java {MIN_JAVA} or "
-                          "newer): install a JDK or set JAVA_HOME")
-    try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LaunchError(f"cannot run {java} -version: {exc}") from None
-    major = java_major(out.stderr + out.stdout)
-    if major is None:
-        raise LaunchError(f"cannot tell the Java version of {java}: {out.stderr.strip()[:200]}")
-    if major < MIN_JAVA:
-        raise LaunchError(f"{java} is Java {major}; Apache Kafka {KAFKA_VERSION} needs Java "
-                          f"{MIN_JAVA} or newer (set JAVA_HOME to a newer JDK)")
-    return java
-
-
-def java_major(version_text: str) -> int | None:
-    """The major version in ``java -version``'s output ("1.8.0_292" is 8, "17.0.15" is 17)."""
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_text)
-    if not match:
-        return None
-    major = int(match.group(1))
-    return int(match.group(2) or 0) if major == 1 else major
-
-
-def jar_cache(env: Mapping[str, str] = os.environ) -> Path:
-    """Where ``make kafka-jars`` puts the jars (git-ignored)."""
-    return Path(env.get("KAFKA_SAGA_KAFKA_CACHE") or REPO / ".cache" / "kafka" / KAFKA_VERSION)
-
-
-def libs_dir(env: Mapping[str, str] = os.environ, resolve: bool = True) -> Path:
-    """The directory of Kafka's jars; resolves them with Maven first when they are missing."""
-    home = env.get("KAFKA_SAGA_KAFKA_HOME")
-    if home:
-        libs = Path(home) / "libs"
-        if not any(libs.glob("kafka_2.13-*.jar")):
-            raise LaunchError(f"KAFKA_SAGA_KAFKA_HOME={home}: no libs/kafka_2.13-*.jar there "
-                              "(point it at an unpacked Apache Kafka distribution)")
-        return libs
-    libs = jar_cache(env) / "libs"
-    if (libs / ".complete").exists():
-        return libs
-    if not resolve:
-        raise LaunchError(f"Kafka jars missing in {libs}: run `make kafka-jars`")
-    return resolve_jars(libs)
-
-
-def resolve_jars(libs: Path) -> Path:
-    """Copy ``kafka_2.13`` and its runtime dependencies into ``libs`` with Maven."""
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise LaunchError("Kafka jars are missing and mvn is not installed: install Maven, or set "
-                          "KAFKA_SAGA_KAFKA_HOME to an unpacked Apache Kafka distribution")
-    if not POM.exists():
-        raise LaunchError(f"Kafka jars are missing and {POM} is not there (not a source checkout?): "
-                          "set KAFKA_SAGA_KAFKA_HOME to an unpacked Apache Kafka distribution")
-    log.info("Kafka jars missing: resolving them with Maven (once)", version=KAFKA_VERSION, into=str(libs))
-    if libs.exists():
-        shutil.rmtree(libs)
-    started = time.monotonic()
-    out = subprocess.run(
-        [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies", "-DincludeScope=runtime",
-         f"-DoutputDirectory={libs}"], capture_output=True, text=True)
-    if out.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
-        errors = [line.replace("[ERROR]", "").strip() for line in (out.stdout + out.stderr).splitlines()
-                  if "ERROR" in line]
-        telling = [e for e in errors if re.search(r"Could not|Non-parseable|Failed|resolve|host", e)]
-        detail = (telling or errors or [(out.stdout + out.stderr).strip()[-300:]])[0]
-        raise LaunchError(f"Maven could not resolve org.apache.kafka:kafka_2.13:{KAFKA_VERSION}: "
-                          f"{detail[:300]}")
-    (libs / ".complete").write_text(KAFKA_VERSION + "\n")
-    log.info("Kafka jars resolved", jars=len(list(libs.glob("*.jar"))),
-             seconds=round(time.monotonic() - started, 1))
-    return libs
-
 
 LOWEST_PORT = 20000
 
@@ -417,50 +322,27 @@ class KafkaCluster:
         await self._wait_coordinator(deadline)
 
     async def _wait_coordinator(self, deadline: float) -> None:
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-            try:
-                await client.bootstrap()
-                response = await client.send(client.get_random_node(),
-                                             FindCoordinatorRequest("kafka-saga.ready", 0))
-                if response.error_code == 0:
-                    return
-                last = f"FindCoordinator error {response.error_code}"
-            except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-                last = str(exc)[:200] or type(exc).__name__
-            finally:
-                await client.close()
-            await asyncio.sleep(0.25)
-        raise LaunchError(f"Kafka answered metadata but no group coordinator in time: {last}")
+        async def coordinator(client: AIOKafkaClient) -> str | None:
+            answer = await client.send(client.get_random_node(),
+                                       FindCoordinatorRequest("kafka-saga.ready", 0))
+            return None if answer.error_code == 0 else f"FindCoordinator error {answer.error_code}"
+
+        await _poll(self.bootstrap, coordinator, deadline,
+                    "Kafka answered metadata but no group coordinator in time")
 
     async def _wait_node(self, node: Node, deadline: float) -> None:
-        last = "no answer yet"
-        while time.monotonic() < deadline:
+        async def registered(client: AIOKafkaClient) -> str | None:
+            brokers = len((await client.fetch_all_metadata()).brokers())
+            return None if brokers >= len(self.nodes) else f"{brokers} of {len(self.nodes)} brokers registered"
+
+        def exited() -> None:
             if not node.alive():
                 code = node.process.returncode if node.process else None
                 raise LaunchError(f"Kafka node {node.node_id} exited with code {code} while starting: "
                                   f"{node.last_error()} (log: {node.log_file})")
-            try:  # a plain TCP connect first: quiet while the JVM boots
-                _reader, writer = await asyncio.open_connection("127.0.0.1", node.client_port)
-                writer.close()
-            except OSError:
-                await asyncio.sleep(0.25)
-                continue
-            client = AIOKafkaClient(bootstrap_servers=node.address, request_timeout_ms=5000)
-            try:
-                await client.bootstrap()
-                brokers = len((await client.fetch_all_metadata()).brokers())
-                if brokers >= len(self.nodes):
-                    return
-                last = f"{brokers} of {len(self.nodes)} brokers registered"
-            except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-                last = str(exc)[:200] or type(exc).__name__
-            finally:
-                await client.close()
-            await asyncio.sleep(0.25)
-        raise LaunchError(f"Kafka node {node.node_id} did not answer a metadata request in time: "
-                          f"{last} (log: {node.log_file})")
+
+        await _poll(node.address, registered, deadline, f"Kafka node {node.node_id} did not answer a "
+                    f"metadata request in time (log: {node.log_file})", exited)
 
     def stop_node(self, node_id: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
         """Stop one node: SIGTERM (a clean, controlled shutdown) then SIGKILL after ``timeout``."""
@@ -488,6 +370,34 @@ class KafkaCluster:
         for node in nodes:
             if not node.alive():
                 node.pid_file.unlink(missing_ok=True)
+
+
+async def _poll(bootstrap: str, ask: Callable[[AIOKafkaClient], Awaitable[str | None]], deadline: float,
+                failure: str, check: Callable[[], None] = lambda: None) -> None:
+    """Ask ``bootstrap`` until ``ask`` answers None (ready) or ``deadline``; ``check`` may raise."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        check()
+        try:  # a plain TCP connect first: quiet while the JVM boots
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+        except OSError:
+            await asyncio.sleep(0.25)
+            continue
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await client.bootstrap()
+            answer = await ask(client)
+            if answer is None:
+                return
+            last = answer
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = str(exc)[:200] or type(exc).__name__
+        finally:
+            await client.close()
+        await asyncio.sleep(0.25)
+    raise LaunchError(f"{failure}: {last}")
 
 
 def _meta_cluster_id(log_dir: Path) -> str | None:

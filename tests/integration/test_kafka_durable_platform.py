@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kafka_saga.bus.kafka_engine import LaunchError, java_binary, libs_dir
 from kafka_saga.bus.kafka_engine import free_port_block as port_block
+from kafka_saga.bus.kafka_jars import LaunchError, java_binary, libs_dir
 from kafka_saga.core.catalog import Catalog
 
 from ..support.engines import kafka_unavailable

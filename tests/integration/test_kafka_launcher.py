@@ -25,14 +25,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 
-from kafka_saga.bus.kafka_engine import (
-    KAFKA_VERSION,
-    KafkaCluster,
-    LaunchError,
-    java_binary,
-    libs_dir,
-)
+from kafka_saga.bus.kafka_engine import KafkaCluster
 from kafka_saga.bus.kafka_engine import free_port_block as port_block
+from kafka_saga.bus.kafka_jars import KAFKA_VERSION, LaunchError, java_binary, libs_dir
 
 from ..support.engines import kafka_unavailable
 from ..support.platform import eventually

@@ -29,7 +29,8 @@ from aiokafka.protocol.metadata import MetadataRequest
 from kafka import KafkaProducer
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.kafka_engine import KafkaCluster, LaunchError
+from kafka_saga.bus.kafka_engine import KafkaCluster
+from kafka_saga.bus.kafka_jars import LaunchError
 from kafka_saga.config import Settings
 from kafka_saga.core.contracts import Command
 

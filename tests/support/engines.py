@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from kafka_saga.bus.embedded import EmbeddedBroker
-from kafka_saga.bus.kafka_engine import KafkaCluster, LaunchError, free_port_block
+from kafka_saga.bus.kafka_engine import KafkaCluster, free_port_block
+from kafka_saga.bus.kafka_jars import LaunchError
 
 TEST_ENGINE = (os.environ.get("KAFKA_SAGA_TEST_ENGINE") or "tansu").strip().lower()
 SessionBroker = EmbeddedBroker | KafkaCluster

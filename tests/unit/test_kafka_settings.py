@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kafka_saga.bus.kafka_engine import KafkaCluster, LaunchError, java_major
+from kafka_saga.bus.kafka_engine import KafkaCluster
+from kafka_saga.bus.kafka_jars import LaunchError, java_major
 from kafka_saga.bus.topics import replication_for
 
 
