@@ -301,6 +301,13 @@ def report(line: dict[str, Any]) -> None:
         out.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **line}) + "\n")
 
 
+def conclude(run: Scenario, verdict: dict[str, Any]) -> None:
+    """Summarise a finished scenario, report it, and check it lost and doubled nothing."""
+    line = run.summary(verdict)
+    report(line)
+    check(line)
+
+
 def check(line: dict[str, Any]) -> None:
     assert line["lost"] == 0, line
     assert line["double"] == 0, line

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from ..support.cluster import leader_of, start_node, wait_in_sync
-from .scenario import Scenario, check, report
+from .scenario import Scenario, conclude
 
 pytestmark = pytest.mark.cluster
 ORDERS = int(os.environ.get("CLUSTER_ORDERS", "3000"))
@@ -39,9 +39,7 @@ async def test_the_leader_of_a_commands_partition_killed_for_good(cluster, tmp_p
         run.notes["killed_node"] = node
         await run.finish(load)
         verdict = await run.verdict()
-    line = run.summary(verdict)
-    report(line)
-    check(line)
+    conclude(run, verdict)
 
 
 @pytest.mark.timeout(480)
@@ -71,9 +69,7 @@ async def test_a_rolling_restart_of_every_broker(cluster, tmp_path):
         run.notes["restarts"] = steps
         await run.finish(load)
         verdict = await run.verdict()
-    line = run.summary(verdict)
-    report(line)
-    check(line)
+    conclude(run, verdict)
 
 
 @pytest.mark.timeout(480)
@@ -95,6 +91,4 @@ async def test_the_runtime_and_a_broker_killed_together(cluster, tmp_path):
         await start_node(cluster, node)
         await run.finish(load)
         verdict = await run.verdict()
-    line = run.summary(verdict)
-    report(line)
-    check(line)
+    conclude(run, verdict)
