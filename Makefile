@@ -6,7 +6,7 @@ PY     := $(BIN)/python
 ROLES  ?= all
 
 .PHONY: install run test test-tansu test-kafka test-cluster test-unit chaos bench topics replay dlq \
-        broker kafka-jars lint clean
+        broker kafka-jars lint docs docs-check clean
 
 $(BIN)/kafka-saga: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,12 +56,20 @@ kafka-jars:  ## resolve Apache Kafka's broker jars with Maven into .cache/kafka 
 	    -DoutputDirectory=$(CURDIR)/.cache/kafka/3.9.1/libs
 	@echo 3.9.1 > .cache/kafka/3.9.1/libs/.complete
 
-lint: install
+lint: install docs-check  ## ruff, mypy (0 errors), the import layers (lint-imports: contracts in pyproject.toml), generated docs up to date
 	$(BIN)/ruff check kafka_saga tests scripts
 	$(BIN)/mypy kafka_saga
+	$(BIN)/lint-imports
+
+docs: install  ## regenerate the generated blocks of docs/ (kafka_saga/docgen.py)
+	$(PY) -m kafka_saga.docgen
+
+docs-check: install  ## fail when a generated block of docs/ differs from its generator
+	$(PY) -m kafka_saga.docgen --check
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache logs pids replay-projections.json
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache \
+	       .grimp_cache logs pids replay-projections.json
 	@echo "kept: .data (local Kafka data) and .cache (Kafka jars); remove them by hand"
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 

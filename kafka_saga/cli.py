@@ -10,48 +10,43 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from . import logs
 from .bus.client import BrokerUnavailable, Bus, retry_until
 from .bus.follow import read_topic
 from .bus.kafka_jars import LaunchError
-from .config import ConfigError, Settings, parse_roles
+from .config import DEFAULT_BOOTSTRAP, ConfigError, Settings, parse_roles
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    if getattr(args, "bootstrap_servers", None):
-        settings = replace(settings, bootstrap_servers=args.bootstrap_servers)
-    if getattr(args, "partitions", None):
-        settings = replace(settings, partitions=args.partitions)
-    return settings
+# command-line flag (argparse dest) -> the setting it overrides; a flag left out keeps the
+# environment's value. `--port` is the query API's for `run` and the local broker's for `broker`.
+_FLAGS = {"bootstrap_servers": "bootstrap_servers", "partitions": "partitions",
+          "host": "query_host", "engine": "engine", "data_dir": "kafka_data_dir"}
+_PORT = {"run": "query_port", "broker": "embedded_port"}
 
 
-def _bus(settings: Settings) -> Bus:
-    return Bus(settings, settings.bootstrap_servers or DEFAULT_BOOTSTRAP)
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings of this command: the environment, the role list, the flags; read once."""
+    overrides = {name: getattr(args, flag) for flag, name in _FLAGS.items() if getattr(args, flag, None)}
+    port = getattr(args, "port", None)
+    if args.command in _PORT and port is not None and (port or args.command == "run"):
+        overrides[_PORT[args.command]] = port
+    return Settings.from_env(overrides=overrides, roles_file=getattr(args, "config", None))
 
 
 # --- run / broker ----------------------------------------------------------------------
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     from .roles import ROLES
     from .runtime.platform import run_with_signals
 
-    settings = _settings(args)
+    settings = settings or settings_from(args)
     if args.config:
-        settings, names = settings.with_roles_file(args.config)
+        names = list(settings.listed_roles)
         if args.roles:
             names = [n for n in parse_roles(args.roles) if n in names]
     else:
         names = parse_roles(args.roles if args.roles is not None else "all")
-    if args.port is not None:
-        settings = replace(settings, query_port=args.port)
-    if args.host:
-        settings = replace(settings, query_host=args.host)
     missing = [n for n in names if n not in ROLES]
     names = [n for n in names if n in ROLES]
     log = logs.get("cli")
@@ -65,19 +60,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return eventloop.run(run_with_signals(settings, names), settings.event_loop)
 
 
-def cmd_broker(args: argparse.Namespace) -> int:
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from .bus.embedded import EmbeddedBroker
 
-    settings = _settings(args)
-    if (args.engine or settings.engine) == "kafka":
-        from .bus.kafka_engine import KafkaCluster, serve
+    if settings.engine == "kafka":
+        from .bus.kafka_engine import KafkaCluster
+        from .runtime.kafka_process import serve
 
-        return serve(KafkaCluster(args.data_dir or settings.kafka_data_dir, nodes=args.nodes,
-                                  port=args.port or settings.embedded_port))
+        return serve(KafkaCluster.for_settings(settings, settings.kafka_data_dir, nodes=args.nodes,
+                                               port=settings.embedded_port))
     if args.nodes != 1 or args.data_dir:
         raise ConfigError("--nodes and --data-dir apply to --engine kafka (Tansu is one "
                           "memory-only node)")
-    broker = EmbeddedBroker(args.port or settings.embedded_port)
+    broker = EmbeddedBroker(settings.embedded_port, log_level=settings.tansu_log)
     broker.spawn()
     log = logs.get("cli")
     stopping = False
@@ -103,8 +98,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 # --- topics ----------------------------------------------------------------------------
 
-async def _topics(args: argparse.Namespace) -> int:
-    bus = _bus(_settings(args))
+async def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    bus = Bus(settings)
     if args.action == "create":
         result = await bus.ensure_topics(timeout=args.timeout)
         for topic, state in sorted(result.items()):
@@ -117,13 +112,13 @@ async def _topics(args: argparse.Namespace) -> int:
 
 # --- dlq -------------------------------------------------------------------------------
 
-async def _dlq(args: argparse.Namespace) -> int:
+async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from .bus import reinject
 
-    bus = _bus(_settings(args))
+    bus = Bus(settings)
     letters = reinject.select(await reinject.read_dead_letters(bus, args.timeout),
                               reason=args.reason or None)
     console = Console()
@@ -168,14 +163,13 @@ def _attributes(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-async def _submit(args: argparse.Namespace) -> int:
+async def _submit(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from .core.catalog import Catalog
     from .core.fields import ContractError
     from .core.submission import new_order_command, parse_order_request
 
-    settings = _settings(args)
     body: dict[str, Any] = {"user": args.user, "item": args.item, "quantity": args.quantity,
                             "attributes": _attributes(args.attr)}
     if args.price_cents is not None:
@@ -187,14 +181,14 @@ async def _submit(args: argparse.Namespace) -> int:
     command = new_order_command(order["user"], order["item"], order["quantity"],
                                 Catalog.load(settings.catalog_path), attributes=order["attributes"],
                                 price_cents=order["price_cents"], order_id=args.order_id)
-    async with _bus(settings) as bus:
+    async with Bus(settings) as bus:
         await bus.producer.send_and_wait(bus.topics.commands, command.encode(), command.key)
     print(orjson.dumps({"order_id": command.snapshot.order_id, "saga_id": command.saga_id,
                         "command_id": command.command_id}).decode())
     return 0
 
 
-async def _cancel(args: argparse.Namespace) -> int:
+async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     """Find the order's saga in orders.events, then send an ``OrderReject`` to the partition
     owning it on orders.replies: the partition its events are on, which is its command's.
 
@@ -204,7 +198,7 @@ async def _cancel(args: argparse.Namespace) -> int:
     from .core.contracts import Event
     from .core.submission import reject_command
 
-    bus = _bus(_settings(args))
+    bus = Bus(settings)
     key = args.order_id.encode()
     found: list[tuple[int, int, Event]] = []  # (timestamp, partition, first event of a saga)
     sagas: set[str] = set()
@@ -235,20 +229,20 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 # --- replay ----------------------------------------------------------------------------
 
-async def _replay(args: argparse.Namespace) -> int:
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from rich.progress import Progress
 
     from .replay import compare, fetch_live, replay_events, write_atomically
 
-    bus = _bus(_settings(args))
+    bus = Bus(settings)
     if sys.stderr.isatty():
         with Progress(transient=True) as progress:
             task = progress.add_task("replaying orders.events", total=None)
             result = await replay_events(
                 bus, lambda done, total: progress.update(task, completed=done, total=total),
-                args.timeout)
+                args.timeout, window=settings.state_window)
     else:
-        result = await replay_events(bus, timeout=args.timeout)
+        result = await replay_events(bus, timeout=args.timeout, window=settings.state_window)
     document = result.document()
     write_atomically(args.output, document)
     print(f"replayed {result.events} events ({result.skipped} skipped) into "
@@ -263,15 +257,13 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_asyncapi(args: argparse.Namespace) -> int:
+def cmd_asyncapi(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from .asyncapi import document
     from .bus.topics import Topics
 
-    settings = _settings(args)
-    doc = document(Topics(settings.topic_prefix), settings.partitions,
-                   settings.bootstrap_servers or DEFAULT_BOOTSTRAP)
+    doc = document(Topics(settings.topic_prefix), settings.partitions, settings.client_bootstrap)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
@@ -294,33 +286,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_broker(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers "
-                       "(default: $KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092)")
+                       f"(default: $KAFKA_BOOTSTRAP_SERVERS, else {DEFAULT_BOOTSTRAP})")
         return p
 
     run = with_broker(sub.add_parser("run", help="run roles (embedded broker when none is given)"))
     run.add_argument("--roles", help="'all' or a comma-separated list (default: all)")
     run.add_argument("--config", help="YAML role list")
-    run.add_argument("--host", help="query API bind address (default 127.0.0.1)")
-    run.add_argument("--port", type=int, help="query API port (default $QUERY_API_PORT or 8080)")
+    run.add_argument("--host", help=f"query API bind address (default $QUERY_API_HOST or {Settings.query_host})")
+    run.add_argument("--port", type=int, help=f"query API port (default $QUERY_API_PORT or {Settings.query_port})")
     run.set_defaults(func=cmd_run)
 
     broker = sub.add_parser("broker", help="run a local broker in the foreground: the embedded "
                             "Tansu (memory-only) or Apache Kafka (durable, 1 or 3 nodes)")
     broker.add_argument("--engine", choices=("tansu", "kafka"),
-                        help="default $KAFKA_SAGA_ENGINE, else tansu")
+                        help=f"default $KAFKA_SAGA_ENGINE, else {Settings.engine}")
     broker.add_argument("--nodes", type=int, choices=(1, 3), default=1,
                         help="kafka: nodes, each a broker and a controller (default 1)")
     broker.add_argument("--port", type=int, help="first client port; kafka nodes use PORT..PORT+N-1 "
-                        "and controllers the N ports after (default $KAFKA_SAGA_EMBEDDED_PORT or 9092)")
+                        "and controllers the N ports after (default $KAFKA_SAGA_EMBEDDED_PORT or "
+                        f"{Settings.embedded_port})")
     broker.add_argument("--data-dir", help="kafka: where the nodes keep their data "
-                        "(default $KAFKA_SAGA_KAFKA_DATA_DIR or .data/kafka)")
+                        f"(default $KAFKA_SAGA_KAFKA_DATA_DIR or {Settings.kafka_data_dir})")
     broker.set_defaults(func=cmd_broker)
 
     topics = with_broker(sub.add_parser("topics", help="create or list topics"))
     topics.add_argument("action", choices=("create", "list"))
-    topics.add_argument("--partitions", type=int, help="partitions per topic (default 6)")
+    topics.add_argument("--partitions", type=int, help=f"partitions per topic (default $KAFKA_SAGA_PARTITIONS or {Settings.partitions})")
     topics.add_argument("--timeout", type=float, default=30.0)
-    topics.set_defaults(func=lambda a: asyncio.run(_topics(a)))
+    topics.set_defaults(func=lambda a, s: asyncio.run(_topics(a, s)))
 
     dlq = with_broker(sub.add_parser("dlq", help="inspect or re-inject dead letters"))
     dlq.add_argument("action", choices=("list", "replay"))
@@ -330,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--offset", help="replay: PARTITION:OFFSET of one DLQ record")
     group.add_argument("--all", action="store_true", help="replay: every (matching) record")
     dlq.add_argument("--timeout", type=float, default=60.0)
-    dlq.set_defaults(func=lambda a: asyncio.run(_dlq(a)))
+    dlq.set_defaults(func=lambda a, s: asyncio.run(_dlq(a, s)))
 
     submit = with_broker(sub.add_parser("submit", help="submit an order (an OrderCreate command)"))
     submit.add_argument("--user", required=True)
@@ -340,34 +333,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="order attribute, e.g. payment=decline (repeatable)")
     submit.add_argument("--price-cents", type=int, help="override the catalog price")
     submit.add_argument("--order-id", help="order id (default: a new one)")
-    submit.set_defaults(func=lambda a: asyncio.run(_submit(a)))
+    submit.set_defaults(func=lambda a, s: asyncio.run(_submit(a, s)))
 
     cancel = with_broker(sub.add_parser("cancel", help="reject an order's saga (compensates it)"))
     cancel.add_argument("order_id")
     cancel.add_argument("--reason", default="cancelled")
     cancel.add_argument("--timeout", type=float, default=60.0)
-    cancel.set_defaults(func=lambda a: asyncio.run(_cancel(a)))
+    cancel.set_defaults(func=lambda a, s: asyncio.run(_cancel(a, s)))
 
     asyncapi = sub.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of the topics")
-    asyncapi.add_argument("--partitions", type=int, help="partitions per topic (default 6)")
+    asyncapi.add_argument("--partitions", type=int, help=f"partitions per topic (default $KAFKA_SAGA_PARTITIONS or {Settings.partitions})")
     asyncapi.set_defaults(func=cmd_asyncapi)
 
     replay = with_broker(sub.add_parser("replay", help="rebuild the projections from orders.events"))
     replay.add_argument("--output", default="replay-projections.json")
     replay.add_argument("--compare", metavar="URL", help="diff with a live query API")
     replay.add_argument("--timeout", type=float, default=300.0)
-    replay.set_defaults(func=lambda a: asyncio.run(_replay(a)))
+    replay.set_defaults(func=lambda a, s: asyncio.run(_replay(a, s)))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings_env = Settings.from_env()
+        settings = settings_from(args)
     except ConfigError as exc:
         print(f"kafka-saga: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings_env.log_level, settings_env.log_format)
+    logs.configure(settings.log_level, settings.log_format)
     if args.command == "dlq" and args.action == "replay" and not (args.offset or args.all):
         print("kafka-saga dlq replay: give --offset P:O or --all", file=sys.stderr)
         return 2
@@ -375,9 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         import logging
 
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    runner: Callable[[argparse.Namespace], int | Awaitable[int]] = args.func
+    runner: Callable[[argparse.Namespace, Settings], int | Awaitable[int]] = args.func
     try:
-        return int(runner(args) or 0)  # type: ignore[arg-type]
+        return int(runner(args, settings) or 0)  # type: ignore[arg-type]
     except ConfigError as exc:
         print(f"kafka-saga: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ def _scrub(value: object, depth: int = 0) -> object:
     return value
 
 
-def _redact(_logger: object, _name: str, event: dict) -> dict:
+def _redact(_logger: object, _name: str, event: structlog.typing.EventDict
+            ) -> structlog.typing.EventDict:
     for key in list(event):
         event[key] = "***" if _secret(key) else _scrub(event[key])
     return event
@@ -57,7 +58,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         if console
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -69,7 +70,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

@@ -10,6 +10,8 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +20,18 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.embedded import free_port
 from kafka_saga.bus.follow import TopicFollower
+from kafka_saga.bus.ports import free_port
 from kafka_saga.core.catalog import Catalog
 from kafka_saga.core.contracts import Event, EventType, Snapshot, Step, new_id
 from kafka_saga.core.submission import new_order_command
+from kafka_saga.observation.http import HttpServer
 from kafka_saga.replay import replay_events
-from kafka_saga.runtime.http import HttpServer
 from kafka_saga.runtime.platform import Platform
 from tests.support.processes import memory_kb
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_ROLES = ["orchestrator", "tracker", "aggregator", "dlq", "query"]
+ALL_ROLES = ["orchestrator", "inventory", "tracker", "aggregator", "dlq", "query"]
 CATALOG = Catalog()
 
 
@@ -84,13 +86,21 @@ async def stop_platform(platform: Platform, task: asyncio.Task[int]) -> None:
     await task
 
 
-def spawn_runtime(settings: Any, roles: list[str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KAFKA_SAGA_TOPIC_PREFIX": settings.topic_prefix,
+def spawn_runtime(settings: Any, roles: list[str], **extra: str) -> subprocess.Popen[bytes]:
+    """``kafka-saga run`` in a process of its own (the tree of KAFKA_SAGA_BENCH_RUNTIME_ROOT
+    if set, to measure a baseline with the same scenario)."""
+    root = os.environ.get("KAFKA_SAGA_BENCH_RUNTIME_ROOT", str(ROOT))
+    env = {**os.environ, "PYTHONPATH": root, "KAFKA_SAGA_TOPIC_PREFIX": settings.topic_prefix,
            "KAFKA_SAGA_PARTITIONS": str(settings.partitions), "PAYMENT_FAILURE_RATE": "0",
-           "LOG_LEVEL": "warning", "QUERY_API_PORT": "0"}
+           "LOG_LEVEL": "warning", "QUERY_API_PORT": "0", **extra}
+    log_dir = os.environ.get("KAFKA_SAGA_BENCH_LOG_DIR")  # keep the runtimes' logs there
+    out: Any = subprocess.DEVNULL
+    if log_dir:
+        env["LOG_LEVEL"], env["LOG_FORMAT"] = "info", "json"
+        out = open(os.path.join(log_dir, f"runtime-{time.time_ns()}.log"), "wb")  # noqa: SIM115
     return subprocess.Popen([sys.executable, "-m", "kafka_saga", "run", "--roles", ",".join(roles),
                              "--bootstrap-servers", settings.bootstrap_servers], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=out, stderr=subprocess.STDOUT, cwd=root)
 
 
 async def saga_throughput(settings: Any, orders: int, processes: int = 0) -> dict[str, Any]:
@@ -216,7 +226,7 @@ APPROVED_TRAIL = ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_A
 
 async def produce_finished_sagas(settings: Any, sagas: int) -> Bus:
     """Write the events of ``sagas`` approved sagas straight to orders.events (bare aiokafka)."""
-    bus = Bus(settings, settings.bootstrap_servers)
+    bus = Bus(settings)
     await bus.ensure_topics()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10)
     await producer.start()
@@ -256,28 +266,56 @@ async def replay(settings: Any, orders: int) -> dict[str, Any]:
             "ratio": raw_s / replay_s}
 
 
-async def recovery(settings: Any, sagas: int) -> dict[str, Any]:
-    """Saga-state recovery: the orchestrator restores ``sagas`` finished sagas on assignment."""
-    await produce_finished_sagas(settings, sagas)
-    platform = Platform(settings, ["orchestrator"])
-    task = asyncio.create_task(platform.run())
-    started = time.perf_counter()
-    while True:
-        await asyncio.sleep(0.05)
-        role = platform.supervisor.current.get("orchestrator") if platform.supervisor else None
-        if role is not None and role.restored >= sagas:  # type: ignore[attr-defined]
-            break
-    elapsed = time.perf_counter() - started
-    await stop_platform(platform, task)
-    return {"sagas": sagas, "seconds_from_start": elapsed,
-            "seconds_restoring": elapsed - 3.0, "note": "start includes a ~3 s group join"}
+async def recovery(settings: Any, history: int, chunk: int = 5000) -> dict[str, Any]:
+    """Recovery after a crash: ``history`` orders through a runtime process (every role),
+    SIGKILL, restart; seconds from the restart until a new order reaches a terminal state.
+    The runtime uses static membership (KAFKA_SAGA_INSTANCE_ID), as a production deployment
+    with stable process ids would; its peak RSS over the history is reported too."""
+    settings = replace(settings, topic_prefix=f"rec{new_id()[:8]}.")
+    roles = os.environ.get("KAFKA_SAGA_BENCH_ROLES", ",".join(ALL_ROLES)).split(",")
+    env = {"KAFKA_SAGA_INSTANCE_ID": "bench-recovery"}
+    proc = spawn_runtime(settings, roles, **env)
+    bus = Bus(settings)
+    await bus.ensure_topics()
+    await bus.start()
+    watch = TerminalWatch(bus)
+    watch.start()
+    try:
+        await _through(bus, watch, commands(1), 120)  # the groups have joined
+        started = time.perf_counter()
+        for first in range(0, history, chunk):
+            await _through(bus, watch, commands(min(chunk, history - first)), 600)
+            watch.terminal_at.clear()
+        history_s = time.perf_counter() - started
+        peak = memory_kb(proc.pid, "VmHWM")
+        proc.kill()
+        proc.wait()
+        restarted = time.perf_counter()
+        proc = spawn_runtime(settings, roles, **env)
+        order = commands(1)
+        await _through(bus, watch, order, 300)
+        first_order_s = watch.terminal_at[order[0].snapshot.order_id] - restarted
+    finally:
+        await watch.close()
+        await bus.stop()
+        proc.kill()
+        proc.wait()
+    return {"history": history, "history_orders_per_s": history / history_s,
+            "first_order_after_restart_s": first_order_s, "peak_rss_mb": peak / 1024}
+
+
+async def _through(bus: Bus, watch: TerminalWatch, batch: list[Any], timeout: float) -> None:
+    for command in batch:
+        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+    await bus.producer.flush()
+    await watch.wait_for([c.snapshot.order_id for c in batch], timeout=timeout)
 
 
 async def memory(settings: Any, orders: int, chunk: int = 5000) -> dict[str, Any]:
     """Peak RSS of a runtime process (every role) while ``orders`` orders go through it."""
     proc = spawn_runtime(settings, ALL_ROLES)
     await asyncio.sleep(6)
-    bus = Bus(settings, settings.bootstrap_servers)
+    bus = Bus(settings)
     await bus.start()
     watch = TerminalWatch(bus)
     watch.start()
@@ -297,3 +335,21 @@ async def memory(settings: Any, orders: int, chunk: int = 5000) -> dict[str, Any
     proc.terminate()
     proc.wait()
     return {"orders": orders, "peak_rss_mb": peak / 1024, "seconds": elapsed}
+
+
+async def processing(settings: Any, orders: int, repeat: int) -> dict[str, Any]:
+    """Saga throughput and latency at ``at_least_once`` and at ``exactly_once`` on the same
+    broker, alternating runs; skipped (with the reason) where the broker has no transactions."""
+    async with Bus(replace(settings, processing="auto")) as probe:
+        if not probe.exactly_once:
+            return {"skipped": "the broker has no transactions (Tansu): at-least-once only"}
+    runs: dict[str, list[dict[str, Any]]] = {"at_least_once": [], "exactly_once": []}
+    for _ in range(repeat):
+        for mode in runs:
+            fresh = replace(settings, processing=mode, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
+            runs[mode].append(await saga_throughput(fresh, orders))
+    medians = {mode: statistics.median(r["orders_per_s"] for r in rs) for mode, rs in runs.items()}
+    latency = {mode: "{}/{}".format(rs[0]["latency"]["p50_ms"], rs[0]["latency"]["p99_ms"])
+               for mode, rs in runs.items()}
+    return {**{mode: {"median": medians[mode], "runs": rs} for mode, rs in runs.items()},
+            "ratio": medians["exactly_once"] / medians["at_least_once"], "latency": latency}

@@ -35,10 +35,10 @@ else
     [[ -n "$PYTHON" ]] || { echo "start.sh: no .venv/bin/python and no python3 on PATH" >&2; exit 1; }
 fi
 
-RUN_DIR="${KAFKA_SAGA_RUN_DIR:-$ROOT}"
+# shellcheck source=lib/pids.sh
+source "$ROOT/scripts/lib/pids.sh"  # RUN_DIR, PID_DIR, write_pid, read_pid, pid_alive
 LOG_DIR="$RUN_DIR/logs"
-PID_DIR="$RUN_DIR/pids"
-ROLES=(tracker aggregator orchestrator dlq query)
+ROLES=(tracker aggregator inventory orchestrator dlq query)
 TRIES="${START_WAIT_TRIES:-60}"
 
 export AGGREGATOR_METRICS_PORT="${AGGREGATOR_METRICS_PORT:-9101}"
@@ -49,16 +49,6 @@ export QUERY_API_PORT="${QUERY_API_PORT:-8080}"
 say() { printf 'start.sh: %s\n' "$*"; }
 
 # --- helpers -----------------------------------------------------------------------------
-
-pid_alive() {  # a zombie counts as gone
-    local pid="$1" state
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
-        [[ "$state" != "Z" ]] || return 1
-    fi
-    return 0
-}
 
 # Replace the current (background) shell by a command in a new session, so the terminal's
 # Ctrl-C does not reach it; `detached CMD... &` makes $! the command's own PID (setsid, or
@@ -76,7 +66,7 @@ start_bg() {
     shift
     detached "$PYTHON" -m kafka_saga "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
     local pid=$!
-    echo "$pid" >"$PID_DIR/$name.pid"
+    write_pid "$name" "$pid"
     say "$name started (pid $pid, log ${LOG_DIR}/$name.log)"
 }
 
@@ -121,7 +111,7 @@ PY
 mkdir -p "$LOG_DIR" "$PID_DIR"
 for file in "$PID_DIR"/*.pid; do
     [[ -e "$file" ]] || continue
-    pid="$(tr -dc '0-9' <"$file")"
+    pid="$(read_pid "$file")"
     if [[ -n "$pid" ]] && pid_alive "$pid"; then
         echo "start.sh: already running ($(basename "$file" .pid), pid $pid); run scripts/stop.sh first" >&2
         exit 1
@@ -136,14 +126,14 @@ trap 'echo "start.sh: interrupted" >&2; cleanup_on_failure' INT TERM  # until th
 
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
     port="${KAFKA_SAGA_EMBEDDED_PORT:-9092}"
-    if ! "$PYTHON" -c 'import sys; from kafka_saga.bus.embedded import port_is_free; sys.exit(0 if port_is_free(int(sys.argv[1])) else 1)' "$port"; then
+    if ! "$PYTHON" -c 'import sys; from kafka_saga.bus.ports import port_is_free; sys.exit(0 if port_is_free(int(sys.argv[1])) else 1)' "$port"; then
         fail "port $port is taken; set KAFKA_SAGA_EMBEDDED_PORT to a free port (or KAFKA_BOOTSTRAP_SERVERS to use that broker)"
     fi
     start_bg broker broker --port "$port"
     export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
     # the embedded broker has no idempotent producer
     export KAFKA_ENABLE_IDEMPOTENCE=false
-    broker_pid="$(cat "$PID_DIR/broker.pid")"
+    broker_pid="$(read_pid "$PID_DIR/broker.pid")"
 else
     broker_pid=""
     say "using Kafka at $KAFKA_BOOTSTRAP_SERVERS"
@@ -190,7 +180,7 @@ done
 ready=""
 for ((i = 0; i < TRIES; i++)); do
     for role in "${ROLES[@]}"; do
-        if ! pid_alive "$(cat "$PID_DIR/$role.pid")"; then
+        if ! pid_alive "$(read_pid "$PID_DIR/$role.pid")"; then
             show_log "$role"
             fail "role $role exited during start-up"
         fi
@@ -217,7 +207,7 @@ fi
 say "demo generator: ${DEMO_RATE:-5} orders/s, ${DEMO_COUNT:-0} in all (0 = unlimited); Ctrl-C stops it"
 "$PYTHON" -m kafka_saga run --roles demo &
 demo_pid=$!
-echo "$demo_pid" >"$PID_DIR/demo.pid"
+write_pid demo "$demo_pid"
 # Ctrl-C reaches the demo directly (same process group); the trap keeps this script alive to
 # tidy up, and passes an INT or TERM sent to this script on to the demo. stop.sh signals the
 # demo by its pid file.

@@ -11,35 +11,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-RUN_DIR="${KAFKA_SAGA_RUN_DIR:-$ROOT}"
-PID_DIR="$RUN_DIR/pids"
+# shellcheck source=lib/pids.sh
+source "$ROOT/scripts/lib/pids.sh"  # RUN_DIR, PID_DIR, read_pid, pid_alive, is_ours
 TIMEOUT="${STOP_TIMEOUT_S:-10}"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || { echo "stop.sh: STOP_TIMEOUT_S must be a whole number of seconds" >&2; exit 2; }
 
 say() { printf 'stop.sh: %s\n' "$*"; }
-
-pid_alive() {  # a zombie counts as gone
-    local pid="$1" state
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
-        [[ "$state" != "Z" ]] || return 1
-    fi
-    return 0
-}
-
-# the PID still runs kafka_saga (guards against a PID reused since start.sh wrote it)
-is_ours() {
-    local pid="$1" cmdline=""
-    if [[ -r "/proc/$pid/cmdline" ]]; then
-        cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-    elif command -v ps >/dev/null 2>&1; then
-        cmdline="$(ps -p "$pid" -o command= 2>/dev/null || true)"
-    else
-        return 0  # nothing to check with: trust the pid file
-    fi
-    [[ "$cmdline" == *kafka_saga* ]]
-}
 
 if [[ ! -d "$PID_DIR" ]] || ! compgen -G "$PID_DIR/*.pid" >/dev/null; then
     say "nothing to stop (no pid files in $PID_DIR)"
@@ -55,7 +32,7 @@ stop_group() {
     for name in "$@"; do
         file="$PID_DIR/$name.pid"
         [[ -e "$file" ]] || continue
-        pid="$(tr -dc '0-9' <"$file")"
+        pid="$(read_pid "$file")"
         if [[ -z "$pid" ]]; then
             say "$name: pid file without a pid, removed"
         elif ! pid_alive "$pid"; then

@@ -64,7 +64,7 @@ def settings(broker: SessionBroker) -> Settings:
 @pytest_asyncio.fixture
 async def bus(settings: Settings) -> AsyncIterator[Bus]:
     """A started bus with the test's topics created."""
-    instance = Bus(settings, settings.bootstrap_servers or "")
+    instance = Bus(settings)
     await instance.ensure_topics()
     await instance.start()
     try:

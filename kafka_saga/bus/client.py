@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,12 +17,14 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from .. import logs
-from ..config import ConfigError, Settings
-from ..runtime.metrics import Metrics
+from ..config import SASL_MECHANISMS, ConfigError, Settings
+from ..observation.metrics import Metrics
 from .producer import Producer
 from .topics import Topics, ensure_topics
 
 log = logs.get("bus")
+# COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: retriable answers
+_COORDINATOR_NOT_READY = (14, 15, 16)
 T = TypeVar("T")
 
 
@@ -57,14 +61,18 @@ async def retry_until(what: str, bootstrap: str, op: Callable[[], Awaitable[T]],
 class Bus:
     """Factory and owner of every Kafka client of one process."""
 
-    def __init__(self, settings: Settings, bootstrap: str, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.bootstrap = bootstrap
+        self.bootstrap = settings.client_bootstrap
         self.metrics = metrics or Metrics()
         self.topics = Topics(settings.topic_prefix)
         self._producer: Producer | None = None
         self._started = False
         self._idempotent = settings.idempotent_producer
+        # the processing guarantee in force, chosen by start(): "exactly_once" or "at_least_once"
+        self.processing = ""
+        # the open transaction of each input partition held here (exactly-once only)
+        self.transactions: dict[TopicPartition, Any] = {}
 
     @property
     def producer(self) -> Producer:
@@ -92,20 +100,14 @@ class Bus:
         ``KAFKA_SSL_CERTFILE``/``KAFKA_SSL_KEYFILE`` (``KAFKA_SSL_KEY_PASSWORD``) if given.
         Raises :class:`~kafka_saga.config.ConfigError` naming the setting that cannot work.
         """
-        from ..config import ConfigError
-
-        mechanisms = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
         sec = self.settings.security
-        protocol = sec.protocol.strip().upper()
-        if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={sec.protocol!r}: use PLAINTEXT, SSL, "
-                              "SASL_PLAINTEXT or SASL_SSL")
+        protocol = sec.protocol  # one of SECURITY_PROTOCOLS: checked when the settings were read
         opts: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "security_protocol": protocol}
         if protocol.startswith("SASL_"):
-            mechanism = (sec.sasl_mechanism or "PLAIN").strip().upper()
-            if mechanism not in mechanisms:
+            mechanism = sec.sasl_mechanism or "PLAIN"
+            if mechanism not in SASL_MECHANISMS:
                 raise ConfigError(f"KAFKA_SASL_MECHANISM={sec.sasl_mechanism!r}: use "
-                                  f"{', '.join(mechanisms)}")
+                                  f"{', '.join(SASL_MECHANISMS)}")
             if not sec.sasl_username or sec.sasl_password is None:
                 raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME "
                                   "and KAFKA_SASL_PASSWORD")
@@ -137,9 +139,15 @@ class Bus:
         try:
             await client.bootstrap()
             node = client.get_random_node()
-            response = await asyncio.wait_for(
-                client.send(node, InitProducerIdRequest(transactional_id=None,
-                                                        transaction_timeout_ms=60000)), 5)
+            deadline = time.monotonic() + 15
+            while True:
+                response = await asyncio.wait_for(
+                    client.send(node, InitProducerIdRequest(transactional_id=None,
+                                                            transaction_timeout_ms=60000)), 5)
+                # a broker just started may still load its coordinator state: ask again
+                if response.error_code not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
             if response.error_code == 0 and response.producer_id >= 0:
                 return True, f"producer id {response.producer_id} granted"
             return False, f"InitProducerId answered error {response.error_code}"
@@ -157,9 +165,49 @@ class Bus:
         log.info("producer mode chosen from the broker's answer", idempotent=self._idempotent,
                  acks="all", reason=why)
 
+    async def grants_transactions(self) -> tuple[bool, str]:
+        """Begin and abort a transaction with a throw-away transactional id, as an exactly-once
+        checkpoint would: the answer decides, not the broker's name (10 s at most)."""
+        probe = AIOKafkaProducer(**self.options(), enable_idempotence=True, acks="all",
+                                 transactional_id=f"{self.topics.prefix}kafka-saga.probe."
+                                                  f"{uuid.uuid4().hex[:12]}")
+        try:
+            await asyncio.wait_for(probe.start(), 10)
+            await asyncio.wait_for(probe.begin_transaction(), 10)
+            await asyncio.wait_for(probe.abort_transaction(), 10)
+            return True, "a transaction was begun and aborted"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
+            return False, f"no transaction: {str(exc)[:120] or type(exc).__name__}"
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(probe.stop(), 10)
+
+    async def _choose_processing(self) -> None:
+        wanted = self.settings.processing
+        supported = False
+        if wanted == "at_least_once":
+            why = "set by KAFKA_SAGA_PROCESSING"
+        elif self._idempotent is False and wanted == "auto":
+            why = "the producer is not idempotent (no producer ids from this broker)"
+        else:
+            supported, why = await self.grants_transactions()
+            if not supported and wanted == "exactly_once":
+                raise ConfigError(f"KAFKA_SAGA_PROCESSING=exactly_once: the broker at "
+                                  f"{self.bootstrap} has no transactions ({why}); use auto or "
+                                  "at_least_once")
+        self.processing = "exactly_once" if supported else "at_least_once"
+        self.metrics.export_processing(self.processing)
+        log.info("processing guarantee", processing=self.processing, requested=wanted, reason=why)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing == "exactly_once"
+
     async def start(self, timeout: float = 60.0) -> None:
         if self._producer is None:
             await retry_until("broker handshake", self.bootstrap, self._choose_producer_mode, timeout)
+        if not self.processing:
+            await self._choose_processing()
 
         async def start_producer() -> None:
             try:
@@ -253,6 +301,9 @@ class Bus:
             "session_timeout_ms": self.settings.session_timeout_ms,
             "heartbeat_interval_ms": min(1000, self.settings.session_timeout_ms // 3),
             "metadata_max_age_ms": 30000,
+            # records of aborted or open transactions are never seen (exactly-once); where
+            # nothing is transactional (Tansu, at-least-once) this is every record
+            "isolation_level": "read_committed",
         }
         options.update(overrides)
         return AIOKafkaConsumer(*topics, **self.options(), **options)
@@ -274,6 +325,14 @@ class Bus:
             return await _partitions(consumer, topic)
         finally:
             await consumer.stop()
+
+    async def require_copartitioned(self, topics: tuple[str, ...], why: str) -> None:
+        """Raise :class:`ConfigError` (no restart can fix it) unless ``topics`` all have the
+        same partition count; ``why`` says what needs it."""
+        counts = {t: len(await self.partitions(t)) for t in topics}
+        if len(set(counts.values())) > 1:
+            raise ConfigError(", ".join(f"{t} has {n} partitions" for t, n in counts.items())
+                              + f": {why}")
 
     async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
         """The exact end of every partition of ``topic``, as it is now.

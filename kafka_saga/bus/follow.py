@@ -26,8 +26,10 @@ class TopicFollower:
     """
 
     def __init__(self, bus: Bus, topic: str, apply: Apply, name: str = "follower",
-                 connect_timeout: float = 60.0, partitions: list[int] | None = None) -> None:
+                 connect_timeout: float = 60.0, partitions: list[int] | None = None,
+                 start: dict[int, int] | None = None) -> None:
         self.bus = bus
+        self.start = start or {}  # partition -> first offset to read (default: the beginning)
         self.only = set(partitions) if partitions is not None else None
         self.connect_timeout = connect_timeout
         self.topic = topic
@@ -40,8 +42,10 @@ class TopicFollower:
 
     def progress(self) -> tuple[int, int]:
         """(records read towards the target, records in the target)."""
-        done = sum(min(self.positions.get(tp, 0), end) for tp, end in self.target.items())
-        return done, sum(self.target.values())
+        done = sum(max(0, min(self.positions.get(tp, 0), end) - self.start.get(tp.partition, 0))
+                   for tp, end in self.target.items())
+        return done, sum(max(0, end - self.start.get(tp.partition, 0))
+                         for tp, end in self.target.items())
 
     def _check_caught_up(self) -> None:
         if not self.caught_up.is_set() and all(
@@ -62,7 +66,11 @@ class TopicFollower:
         try:
             tps = list(self.target)
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            await consumer.seek_to_beginning(*(tp for tp in tps if tp.partition not in self.start))
+            for tp in tps:
+                if tp.partition in self.start:
+                    consumer.seek(tp, self.start[tp.partition])
+                    self.positions[tp] = self.start[tp.partition]
             self._check_caught_up()
             while not stop.is_set() and not (until_end and self.caught_up.is_set()):
                 batches = await consumer.getmany(timeout_ms=200)
@@ -87,10 +95,13 @@ class TopicFollower:
 
 async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None = None,
                      on_batch: Callable[[TopicFollower], None] | None = None,
-                     partitions: list[int] | None = None) -> TopicFollower:
-    """Read ``topic`` (or some of its partitions) from the beginning to its exact end as of now."""
+                     partitions: list[int] | None = None,
+                     start: dict[int, int] | None = None) -> TopicFollower:
+    """Read ``topic`` (or some of its partitions, from the ``start`` offsets given, else from
+    the beginning) to its exact end as of now."""
     follower = TopicFollower(bus, topic, apply, name=f"read {topic}",
-                             connect_timeout=timeout if timeout else 60.0, partitions=partitions)
+                             connect_timeout=timeout if timeout else 60.0, partitions=partitions,
+                             start=start)
     task = asyncio.create_task(follower.run(
         until_end=True, on_batch=(lambda: on_batch(follower)) if on_batch else None))
     try:

@@ -7,12 +7,10 @@ here on first use). Every refusal is a :class:`LaunchError`: one line meant for 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from .. import logs
@@ -31,9 +29,9 @@ class LaunchError(RuntimeError):
 
 # --- Java and the jars ---------------------------------------------------------------------
 
-def java_binary(env: Mapping[str, str] = os.environ) -> str:
-    """The ``java`` to run: ``$JAVA_HOME/bin/java``, else the one on PATH; checked for version."""
-    home = env.get("JAVA_HOME")
+def java_binary(home: str | None = None) -> str:
+    """The ``java`` to run: ``home/bin/java`` (``Settings.java_home``, ``JAVA_HOME``), else the
+    one on PATH; checked for version."""
     java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() \
         else shutil.which("java")
     if not java:
@@ -61,21 +59,22 @@ def java_major(version_text: str) -> int | None:
     return int(match.group(2) or 0) if major == 1 else major
 
 
-def jar_cache(env: Mapping[str, str] = os.environ) -> Path:
-    """Where ``make kafka-jars`` puts the jars (git-ignored)."""
-    return Path(env.get("KAFKA_SAGA_KAFKA_CACHE") or REPO / ".cache" / "kafka" / KAFKA_VERSION)
+def jar_cache(cache: str | None = None) -> Path:
+    """Where ``make kafka-jars`` puts the jars (git-ignored), unless ``cache``
+    (``Settings.kafka_cache``, ``KAFKA_SAGA_KAFKA_CACHE``) says otherwise."""
+    return Path(cache or REPO / ".cache" / "kafka" / KAFKA_VERSION)
 
 
-def libs_dir(env: Mapping[str, str] = os.environ, resolve: bool = True) -> Path:
-    """The directory of Kafka's jars; resolves them with Maven first when they are missing."""
-    home = env.get("KAFKA_SAGA_KAFKA_HOME")
+def libs_dir(home: str | None = None, cache: str | None = None, resolve: bool = True) -> Path:
+    """The directory of Kafka's jars: ``home/libs`` (``Settings.kafka_home``,
+    ``KAFKA_SAGA_KAFKA_HOME``), else the cache's; resolves them with Maven when missing."""
     if home:
         libs = Path(home) / "libs"
         if not any(libs.glob("kafka_2.13-*.jar")):
             raise LaunchError(f"KAFKA_SAGA_KAFKA_HOME={home}: no libs/kafka_2.13-*.jar there "
                               "(point it at an unpacked Apache Kafka distribution)")
         return libs
-    libs = jar_cache(env) / "libs"
+    libs = jar_cache(cache) / "libs"
     if (libs / ".complete").exists():
         return libs
     if not resolve:

@@ -1,12 +1,16 @@
-"""The consume -> handle -> flush -> commit loop shared by every consuming role.
+"""The consume -> handle -> publish -> flush -> commit loop shared by every consuming role.
 
-A role describes *what* to do with a :class:`Subscription` (topics, group, decoder,
-handler); :func:`consume` is the one runner. Per batch: decode and handle each record
-(a record that fails decoding, or whose handler raises a non-retriable error, goes to the
-DLQ with its reason and origin, and the loop continues), then ``on_batch_end`` (a role
-publishes what it accumulated). At most every ``commit_interval_ms`` (and at once when idle,
-on a rebalance and on the way out) comes the checkpoint: the producer is flushed, then the
-offsets of every batch handled so far are committed. A crash re-delivers what was handled
+A role describes *what* to do with a :class:`~kafka_saga.bus.handling.Subscription` (topics,
+group, decoder, a handler that returns what it emits, optional per-partition state);
+:func:`consume` is the one runner. Per batch: decode and handle each record
+(:func:`~kafka_saga.bus.handling.handle_record`; a record that fails decoding, or whose
+handler raises a non-retriable error, goes to the DLQ with its reason and origin, and the
+loop continues) and publish what the handler returned, then ``on_batch_end`` (a role
+publishes what it accumulated). Per-partition state stores are restored from their changelog
+on assignment (:mod:`kafka_saga.bus.stores`). At most every ``commit_interval_ms`` (and at
+once when idle, on a rebalance and on the way out) comes the checkpoint: the stores'
+journals are taken, the outputs flushed, the journals written to the changelogs and flushed,
+then the offsets of every batch handled so far are committed. A crash re-delivers what was handled
 since the last checkpoint: handlers are idempotent. Checkpointing every batch instead would
 put a flush and a commit round trip on every record's path at low rates.
 
@@ -24,56 +28,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from types import CoroutineType
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from .. import logs
-from ..core.contracts import ContractError
-from ..runtime.watchdog import Progress
+from ..observation.progress import Progress
 from .client import Bus, retry_until
-from .inflight import InFlight
-from .producer import DeliveryError
+from .handling import (
+    Emits,
+    Outcome,
+    Rejected,
+    Subscription,
+    batch_end,
+    handle_record,
+    is_retriable,
+)
+from .producer import scope
+from .stores import StoreKeeper
+from .transactions import Transactions
 
-Handler = Callable[[Any, Any], Awaitable[None]]
 Partitions = Iterable[TopicPartition]
-RETRIABLE = (DeliveryError, OSError, asyncio.TimeoutError)
-
-
-@dataclass
-class Subscription:
-    """What a role consumes and how it handles each record."""
-
-    role: str
-    topics: tuple[str, ...]
-    group_id: str
-    decode: Callable[[bytes | None], Any]
-    handle: Handler
-    on_batch_end: Callable[[], Awaitable[None]] | None = None
-    on_assigned: Callable[[AIOKafkaConsumer, dict[TopicPartition, int]], Awaitable[None]] | None = None
-    on_revoked: Callable[[set[TopicPartition]], Awaitable[None]] | None = None
-    consumer_options: dict[str, Any] = field(default_factory=dict)
-    # Whether this subscription dead-letters what it cannot read. Exactly one group per topic
-    # does (so a bad record lands in the DLQ once); the others, and the DLQ's own reader
-    # (never re-publish garbage), count and skip it.
-    dead_letter: bool = True
-    # Event-sourced state: when set, each assigned partition is re-read from its beginning and
-    # records below the committed offset go to ``restore`` (rebuild state, no side effects);
-    # the rest go to ``handle`` as usual.
-    restore: Handler | None = None
-    # Work started per record and finished later (e.g. sagas): bounded, with pause/resume.
-    in_flight: InFlight | None = None
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """Retriable errors crash the role (the supervisor restarts it, the batch is redelivered)."""
-    if isinstance(exc, KafkaError):
-        return bool(exc.retriable) or type(exc).__name__ in ("KafkaConnectionError", "KafkaTimeoutError")
-    return isinstance(exc, RETRIABLE)
+__all__ = ["Subscription", "consume", "consume_workers", "is_retriable", "wait_unless_stopped"]
 
 
 class _Runner(ConsumerRebalanceListener):
@@ -85,7 +65,10 @@ class _Runner(ConsumerRebalanceListener):
         self.consumer: AIOKafkaConsumer  # created by run(), once per start attempt
         self.committed: dict[TopicPartition, int] = {}
         self.handled: dict[TopicPartition, int] = {}
-        self.restore_until: dict[TopicPartition, int] = {}
+        self.stores = StoreKeeper(bus, sub, self.log) if sub.state is not None and sub.changelog else None
+        # exactly-once: a transaction per owned input partition (kafka_saga.bus.transactions)
+        self.txns = (Transactions(bus, sub.group_id, sub.role, self.log)
+                     if bus.exactly_once and sub.transactional else None)
         self.lock = asyncio.Lock()
         self.commit_interval_s = bus.settings.commit_interval_ms / 1000
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
@@ -100,14 +83,26 @@ class _Runner(ConsumerRebalanceListener):
         async with self.lock:
             if revoked:
                 await self._checkpoint()
+                if self.txns is not None:
+                    await self.txns.close(revoked)
                 for tp in revoked:
-                    self.committed.pop(tp, None)
-                    self.restore_until.pop(tp, None)
+                    committed = self.committed.pop(tp, None)
+                    # under exactly-once, a store that work outliving its handler (sagas)
+                    # may change in memory after the last commit is restored from what was
+                    # committed instead of being kept aside
+                    if self.stores is not None and tp.topic == self.stores.state_topic:
+                        if self.txns is None or self.gate is None:
+                            self.stores.park(tp.partition, committed or 0)
+                        else:
+                            self.stores.states.close(tp)
                 self.progress.forget(_names(revoked))
                 if self.gate is not None:
                     for tp in revoked & self.gate.paused:
                         self._paused_gauge(tp, 0)
                     self.gate.disown(revoked)
+                if self.sub.state is not None and self.stores is None:
+                    for tp in revoked:
+                        self.sub.state.close(tp)
                 if self.sub.on_revoked:
                     await self.sub.on_revoked(set(revoked))
                 self.log.info("partitions revoked", partitions=_names(revoked))
@@ -117,18 +112,20 @@ class _Runner(ConsumerRebalanceListener):
             return
         async with self.lock:  # no batch is handled while a role restores its state
             await self._assigned(assigned)
+            if self.sub.fence is not None:
+                self.sub.fence.assigned()
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
-        committed = {}
-        for tp in assigned:
-            committed[tp] = await self.consumer.committed(tp) or 0
+        if self.txns is not None:  # fences the partitions' last owners before reading state
+            await self.txns.open(assigned)
+        if self.stores is not None:  # each store from its changelog, or kept as it was
+            committed = await self.stores.restore(self.consumer, assigned)
+        else:
+            committed = {tp: await self.consumer.committed(tp) or 0 for tp in assigned}
+            if self.sub.state is not None:
+                for tp in assigned:
+                    self.sub.state.open(tp)
         self.committed.update(committed)
-        if self.sub.restore is not None:
-            self.restore_until.update(committed)
-            await self.consumer.seek_to_beginning(*assigned)
-            if any(committed.values()):
-                self.log.info("restoring state from the log",
-                              until={f"{tp.topic}:{tp.partition}": o for tp, o in committed.items()})
         if self.gate is not None:
             self.gate.own(assigned, self.progress.tick)  # finished work is progress
         if self.sub.on_assigned:
@@ -139,7 +136,11 @@ class _Runner(ConsumerRebalanceListener):
     # --- the loop ---
     async def run(self, stop: asyncio.Event) -> None:
         async def start() -> None:
-            self.consumer = self.bus.consumer(group_id=self.sub.group_id, **self.sub.consumer_options)
+            options = dict(self.sub.consumer_options)
+            instance = self.bus.settings.instance_id
+            if instance:  # static membership: one id per process, group and worker
+                options["group_instance_id"] = f"{instance}.{self.sub.group_id}.{self.worker}"
+            self.consumer = self.bus.consumer(group_id=self.sub.group_id, **options)
             self.consumer.subscribe(list(self.sub.topics), listener=self)
             try:
                 await self.consumer.start()
@@ -148,6 +149,8 @@ class _Runner(ConsumerRebalanceListener):
                 raise
 
         await retry_until(f"{self.sub.role} consumer start", self.bus.bootstrap, start, 60)
+        if self.sub.fence is not None:
+            self.sub.fence.register(self.consumer)
         progress = self.progress
         progress.attach()  # to the watchdog of the supervised role running this task, if any
         clean = False
@@ -158,10 +161,13 @@ class _Runner(ConsumerRebalanceListener):
                 if self.gate is not None:  # sagas finish between batches: refresh every turn
                     paused = self._resume_with_room()
                     self.in_flight_gauge.set(self.gate.total)
-                # while paused, poll often: a partition resumes as soon as its work drains
-                batches = await self.consumer.getmany(timeout_ms=50 if paused else 200)
+                # while paused, poll often: a partition resumes as soon as its work drains;
+                # under exactly-once, work sent meanwhile is visible only once committed
+                quick = paused or self.txns is not None
+                batches = await self.consumer.getmany(timeout_ms=50 if quick else 200)
                 if not batches:
-                    if self.handled:  # idle: nothing left to batch with, commit now
+                    if self.handled or (self.txns is not None and self.txns.dirty):
+                        # idle: nothing left to batch with, commit now
                         async with self.lock:
                             await self._checkpoint()
                     progress.observe(await self._update_idle_lag())
@@ -176,8 +182,7 @@ class _Runner(ConsumerRebalanceListener):
                             await self._handle_records(tp, records)
                         else:
                             progress.settle(_name(tp), 0)
-                    if self.sub.on_batch_end:
-                        await self.sub.on_batch_end()
+                    await self._publish(await batch_end(self.sub))
                     now = time.monotonic()
                     if now >= next_checkpoint:
                         await self._checkpoint()
@@ -193,6 +198,10 @@ class _Runner(ConsumerRebalanceListener):
                     async with self.lock:
                         await self._checkpoint()
             finally:
+                if self.sub.fence is not None:
+                    self.sub.fence.unregister(self.consumer)
+                if self.txns is not None:  # after a crash, what is open is aborted
+                    await self.txns.close_all()
                 await self.consumer.stop()
                 self.log.info("consumer stopped")
 
@@ -203,39 +212,18 @@ class _Runner(ConsumerRebalanceListener):
 
     async def _handle_records(self, tp: TopicPartition, records: list[Any]) -> None:
         sub = self.sub
-        now = time.time()
-        latency = self.bus.metrics.latency
-        restore_until = self.restore_until.get(tp, 0)
         progress = self.progress
         gate = self.gate if self.gate is not None and self.gate.governs(tp) else None
-        handled = 0
-        for record in records:
-            if gate is not None and record.offset >= restore_until and gate.full(tp):
-                self._pause(tp, record.offset)  # the rest waits in Kafka
-                break
-            handled += 1
-            handler = sub.handle
-            if record.offset < restore_until:
-                handler = sub.restore  # type: ignore[assignment]
-            try:
-                message = sub.decode(record.value)
-            except ContractError as exc:
-                if record.offset >= restore_until:  # dead-lettered the first time round
-                    await self._reject(record, exc.reason, str(exc))
-            except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the role
-                if record.offset >= restore_until:
-                    await self._reject(record, "decode_error", f"{type(exc).__name__}: {exc}")
-            else:
-                try:
-                    await handler(message, record)
-                except Exception as exc:
-                    if is_retriable(exc):
-                        raise
-                    self.bus.metrics.errors.labels(role=sub.role).inc()
-                    await self._reject(record, "handler_error", f"{type(exc).__name__}: {exc}")
-            if record.timestamp and record.timestamp > 0:
-                latency.observe(max(0.0, now - record.timestamp / 1000))
-            progress.tick()  # a slow handler that gets through records is not stalled
+        state = self.sub.state.get(tp) if self.sub.state is not None else None
+        send = self.bus.producer.send
+        txn = self.txns.get(tp) if self.txns is not None else None
+        # what the records' handling sends (and the work it starts) joins tp's transaction
+        token = scope.set(txn) if txn is not None else None
+        try:
+            handled = await self._handle_each(tp, records, state, gate, send)
+        finally:
+            if token is not None:
+                scope.reset(token)
         if not handled:
             return
         self.handled[tp] = max(self.handled.get(tp, 0), records[handled - 1].offset + 1)
@@ -245,6 +233,32 @@ class _Runner(ConsumerRebalanceListener):
         progress.settle(_name(tp), lag)
         if high is not None:
             self.bus.metrics.lag.labels(role=sub.role, topic=tp.topic, partition=str(tp.partition)).set(lag)
+
+    async def _handle_each(self, tp: TopicPartition, records: list[Any], state: Any,
+                           gate: Any, send: Any) -> int:
+        sub = self.sub
+        now = time.time()
+        latency = self.bus.metrics.latency
+        progress = self.progress
+        handled = 0
+        for record in records:
+            if gate is not None and gate.full(tp):
+                self._pause(tp, record.offset)  # the rest waits in Kafka
+                break
+            handled += 1
+            result = handle_record(sub, record, state)
+            out = cast(Outcome, await result if type(result) is CoroutineType else result)
+            if isinstance(out, Rejected):
+                if out.by_handler:
+                    self.bus.metrics.errors.labels(role=sub.role).inc()
+                await self._reject(record, out.reason, out.error)
+            elif out:
+                for emit in out:  # delivered by the next checkpoint's flush
+                    await send(emit.topic, emit.value, emit.key, emit.headers, partition=emit.partition)
+            if record.timestamp and record.timestamp > 0:
+                latency.observe(max(0.0, now - record.timestamp / 1000))
+            progress.tick()  # a slow handler that gets through records is not stalled
+        return handled
 
     # --- backpressure ---
     def _pause(self, tp: TopicPartition, offset: int) -> None:
@@ -278,6 +292,18 @@ class _Runner(ConsumerRebalanceListener):
         self.bus.metrics.paused.labels(role=self.sub.role, topic=tp.topic,
                                        partition=str(tp.partition)).set(value)
 
+    async def _publish(self, out: Emits) -> None:
+        """Hand what a handler returned to the producer (delivered by the next checkpoint)."""
+        if not out:
+            return
+        send: Any = self.bus.producer.send
+        # under exactly-once, into the transaction of the partition that caused each record
+        send_for = self.txns.sender(self.sub.topics[0]) if self.txns is not None else None
+        for emit in out:
+            if send_for is not None:
+                send = send_for(emit.source if emit.source is not None else -1)
+            await send(emit.topic, emit.value, emit.key, emit.headers, partition=emit.partition)
+
     async def _reject(self, record: Any, reason: str, error: str) -> None:
         if self.sub.dead_letter:
             await self.bus.producer.send_to_dlq(record, reason, error, self.sub.role)
@@ -287,13 +313,26 @@ class _Runner(ConsumerRebalanceListener):
                              topic=record.topic, partition=record.partition, offset=record.offset)
 
     async def _checkpoint(self) -> None:
-        """Outputs first, then offsets (never commit what is not yet safely published)."""
+        """Outputs first, then the state stores' changes, then offsets (never commit what is
+        not yet safely published); under exactly-once, all three in one transaction per
+        partition."""
+        stores = self.stores
+        if self.txns is not None:
+            ends = {tp: offset for tp, offset in self.handled.items()
+                    if offset > self.committed.get(tp, -1) and tp in self.committed}
+            self.handled.clear()
+            await self.txns.checkpoint(stores, ends)
+            self.committed.update(ends)
+            return
+        cut = None
+        if stores is not None:
+            cut = stores.take({tp.partition for tp in self.committed if tp.topic == stores.state_topic})
         await self.bus.producer.flush()
-        offsets = {
-            tp: OffsetAndMetadata(offset, "")
-            for tp, offset in self.handled.items()
-            if offset > self.committed.get(tp, -1) and tp in self.committed
-        }
+        if stores is not None and cut and await stores.write(cut):
+            await self.bus.producer.flush()
+            await stores.mark()
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in self.handled.items()
+                   if offset > self.committed.get(tp, -1) and tp in self.committed}
         self.handled.clear()
         if not offsets:
             return
@@ -343,3 +382,12 @@ async def consume_workers(bus: Bus, sub: Subscription, stop: asyncio.Event, work
     async with asyncio.TaskGroup() as group:
         for worker in range(workers):
             group.create_task(consume(bus, sub, stop, worker), name=f"{sub.role}-{worker}")
+
+
+async def wait_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds``, or less if ``stop`` is set first; True when stopped."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True

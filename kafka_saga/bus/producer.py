@@ -9,9 +9,11 @@ then offsets: at-least-once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import backoff
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerListener
@@ -19,8 +21,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from .. import logs
-from ..core.contracts import dlq_headers
-from ..runtime.metrics import Metrics
+from ..core.contracts import TRUNCATED_HEADER, dlq_headers
+from ..observation.metrics import Metrics
 
 log = logs.get("producer")
 
@@ -30,18 +32,43 @@ Headers = list[tuple[str, bytes]]
 DLQ_VALUE_MAX = 512 * 1024
 
 
+class TransactionScope(Protocol):
+    """Where the current task's records go under exactly-once (an input partition's open
+    transaction, :mod:`kafka_saga.bus.transactions`)."""
+
+    async def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+                   headers: Headers | None = None, partition: int | None = None) -> Outgoing: ...
+
+    async def flush(self) -> None: ...
+
+
+# Set by the consume loop around a partition's records (and inherited by the tasks started
+# there) when the runner is transactional; unset, records go to the shared producer.
+scope: ContextVar[TransactionScope | None] = ContextVar("kafka_saga_transaction", default=None)
+
+
 class DeliveryError(RuntimeError):
     """Records could not be delivered within the retry budget."""
 
 
 @dataclass(slots=True)
-class _Outgoing:
+class Outgoing:
+    """A record handed to :meth:`Producer.send`; once a flush returned, :attr:`offset` is known."""
+
     topic: str
     value: bytes | None
     key: bytes | None
     headers: Headers
     partition: int | None = None
     future: asyncio.Future[Any] | None = field(default=None)
+
+    @property
+    def offset(self) -> int | None:
+        """Where the record landed (None until acknowledged)."""
+        future = self.future
+        if future is None or not future.done() or future.cancelled() or future.exception():
+            return None
+        return int(future.result().offset)
 
 
 def _permanent(exc: Exception) -> bool:
@@ -52,24 +79,41 @@ def _permanent(exc: Exception) -> bool:
                                      "RequestTimedOutError", "NotLeaderForPartitionError")
 
 
+def _consume(task: asyncio.Future[None]) -> None:
+    with contextlib.suppress(BaseException):
+        task.result()  # the awaiting caller reports it; never "exception never retrieved"
+
+
 def _failed(future: asyncio.Future[Any]) -> BaseException | None:
     """The error of a finished delivery future (cancelled counts as failed), else None."""
     return asyncio.CancelledError() if future.cancelled() else future.exception()
 
 
-class _BreakerLog(CircuitBreakerListener):
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+class _BreakerWatch(CircuitBreakerListener):
+    """Keeps the producer's breaker state, exports each change to the metrics and logs it."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
 
     def state_change(self, breaker: Any, old: Any, new: Any) -> None:
         name = {"OPEN": "open", "HALF_OPEN": "half-open", "CLOSED": "closed"}[new.state.name]
-        self.metrics.set_breaker(name)
+        producer = self.producer
+        producer.breaker_state = name
+        if name == "open":
+            producer.breaker_opened += 1
+        producer.metrics.export_breaker(name)
         event = log.warning if name == "open" else log.info
         event("circuit breaker " + name, breaker="producer")
 
 
 class Producer:
-    """A shared, batching producer with a circuit breaker around deliveries."""
+    """A shared, batching producer with a circuit breaker around deliveries.
+
+    The breaker's state is the producer's: :attr:`breaker_state` (``closed``, ``half-open``,
+    ``open``, as the breaker last reported it) and :attr:`breaker_opened`; the metrics only
+    export it (``kafka_saga_breaker_state``). While it is open, :meth:`send` only enqueues
+    and callers that must not wait (the HTTP commands) check :attr:`breaker_open`.
+    """
 
     def __init__(self, kafka: AIOKafkaProducer, metrics: Metrics, *, fail_max: int = 5,
                  reset_s: float = 10.0, retry_max_s: float = 60.0, dlq_topic: str = "orders.dlq") -> None:
@@ -77,18 +121,24 @@ class Producer:
         self.metrics = metrics
         self.dlq_topic = dlq_topic
         self.retry_max_s = retry_max_s
+        self.breaker_state = "closed"
+        self.breaker_opened = 0  # times the breaker opened
         self.breaker = CircuitBreaker(
             fail_max=fail_max, timeout_duration=timedelta(seconds=reset_s),
-            listeners=[_BreakerLog(metrics)], name="producer",
+            listeners=[_BreakerWatch(self)], name="producer",
         )
-        self._pending: list[_Outgoing] = []
+        self._pending: list[Outgoing] = []
         self._last: asyncio.Future[None] | None = None
-        self._opening: list[_Outgoing] | None = None  # batch of the delivery not yet started
+        self._opening: list[Outgoing] | None = None  # batch of the delivery not yet started
         # one retry policy for every delivery (a decorator built per flush showed in profiles)
         self._attempt = backoff.on_exception(
             backoff.expo, Exception, max_time=lambda: self.retry_max_s, max_value=5,
             giveup=_permanent, on_backoff=self._on_backoff, raise_on_giveup=True, logger=None,
         )(self._attempt_once)
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.breaker_state == "open"
 
     async def start(self) -> None:
         await self.kafka.start()
@@ -100,11 +150,15 @@ class Producer:
             await self.kafka.stop()
 
     async def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-                   headers: Headers | None = None, partition: int | None = None) -> None:
+                   headers: Headers | None = None, partition: int | None = None) -> Outgoing:
         """Enqueue one record (to ``partition`` if given, else by key); it is delivered by the
-        next :meth:`flush` at the latest."""
-        record = _Outgoing(topic, value, key, headers or [], partition)
-        if self.metrics.breaker_state != "open":
+        next :meth:`flush` at the latest. Returns the record (its offset once flushed).
+        Inside a transaction's scope (exactly-once), the record joins that transaction."""
+        txn = scope.get()
+        if txn is not None:
+            return await txn.send(topic, value, key, headers, partition)
+        record = Outgoing(topic, value, key, headers or [], partition)
+        if self.breaker_state != "open":
             try:
                 record.future = await self.kafka.send(topic, value, key=key, headers=record.headers,
                                                       partition=partition)
@@ -113,6 +167,7 @@ class Producer:
         # Pending only once handed to the client: a flush running meanwhile (kafka.send may
         # wait for buffer space or metadata) must not send this record a second time.
         self._pending.append(record)
+        return record
 
     async def send_and_wait(self, topic: str, value: bytes | None, key: bytes | None = None,
                             headers: Headers | None = None) -> None:
@@ -130,7 +185,7 @@ class Producer:
         value = record.value
         if value is not None and len(value) > DLQ_VALUE_MAX:
             # the origin (topic, partition, offset) still points at the full record
-            headers.append(("value-truncated", str(len(value)).encode()))
+            headers.append((TRUNCATED_HEADER, str(len(value)).encode()))
             value = value[:DLQ_VALUE_MAX]
         self.metrics.dlq.labels(role=role, reason=reason).inc()
         log.warning("sent to dlq", reason=reason, error=error[:300], role=role,
@@ -145,7 +200,12 @@ class Producer:
         delivery means everything sent before this call is durable — for any caller, in
         O(1), without serialising the deliveries themselves. Flushes made before the newest
         delivery has started (e.g. many sagas stepping in one event-loop turn) join its batch.
+        Inside a transaction's scope: that transaction's records (acknowledged, uncommitted).
         """
+        txn = scope.get()
+        if txn is not None:
+            await txn.flush()
+            return
         if self._pending:
             if self._opening is not None:
                 self._opening.extend(self._pending)
@@ -164,20 +224,31 @@ class Producer:
                 self._last = None  # reported once to every waiter; later deliveries start afresh
             raise
 
-    async def _deliver_after(self, previous: asyncio.Future[None] | None, batch: list[_Outgoing]) -> None:
+    async def flush_within(self, timeout: float | None) -> None:
+        """:meth:`flush`, waiting at most ``timeout`` seconds (None: no limit).
+
+        ``TimeoutError`` when the broker did not acknowledge in time; the flush itself is never
+        cancelled (the producer is shared: other callers' records ride on it), it goes on and
+        the records may still land. Its outcome is then left to those other callers.
+        """
+        flush = asyncio.ensure_future(self.flush())
+        flush.add_done_callback(_consume)
+        await asyncio.wait_for(asyncio.shield(flush), timeout)
+
+    async def _deliver_after(self, previous: asyncio.Future[None] | None, batch: list[Outgoing]) -> None:
         if self._opening is batch:
             self._opening = None  # started: later flushes start the next delivery
         await self._deliver_with_retries(batch)
         if previous is not None:
             await previous
 
-    async def _deliver_with_retries(self, batch: list[_Outgoing]) -> None:
+    async def _deliver_with_retries(self, batch: list[Outgoing]) -> None:
         try:
             await self._attempt(batch)
         except Exception as exc:
             raise DeliveryError(f"{len(batch)} record(s) not delivered: {exc!r}") from exc
 
-    async def _attempt_once(self, batch: list[_Outgoing]) -> None:
+    async def _attempt_once(self, batch: list[Outgoing]) -> None:
         await self.breaker.call_async(self._deliver, batch)
 
     @staticmethod
@@ -186,7 +257,7 @@ class Producer:
         log.warning("delivery failed, retrying", tries=details["tries"],
                     wait_s=round(details["wait"], 3), error=repr(exc)[:200])
 
-    async def _deliver(self, batch: list[_Outgoing]) -> None:
+    async def _deliver(self, batch: list[Outgoing]) -> None:
         for rec in batch:
             if rec.future is None or (rec.future.done() and _failed(rec.future)):
                 rec.future = await self.kafka.send(rec.topic, rec.value, key=rec.key, headers=rec.headers,
@@ -203,7 +274,7 @@ class Producer:
                 except Exception:  # noqa: BLE001,S110 - every outcome is read below
                     pass
         delivered: dict[str, int] = {}
-        failed: list[_Outgoing] = []
+        failed: list[Outgoing] = []
         error: BaseException | None = None
         for rec in batch:
             result = _failed(rec.future)  # type: ignore[arg-type]

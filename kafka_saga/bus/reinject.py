@@ -21,12 +21,12 @@ current partition count) goes by its key.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
+from ..core.contracts import TRUNCATED_HEADER
 from ..core.dead_letters import DeadLetter, read_dead_letter, reinjection_headers
+from ..core.fields import non_negative
 from .client import Bus
 from .follow import read_topic
 
@@ -40,9 +40,10 @@ class NoSuchDeadLetter(LookupError):
 def parse_offset(raw: str) -> tuple[int, int]:
     """``"P:O"`` -> ``(P, O)``; ``ValueError`` unless both are non-negative integers."""
     part, sep, off = raw.partition(":")
-    if not sep or not (part.isascii() and part.isdigit() and off.isascii() and off.isdigit()):
+    partition, offset = non_negative(part), non_negative(off)
+    if not sep or partition is None or offset is None:
         raise ValueError(f"{raw[:100]!r}: expected PARTITION:OFFSET (two non-negative integers)")
-    return int(part), int(off)
+    return partition, offset
 
 
 async def read_dead_letters(bus: Bus, timeout: float | None) -> list[Letter]:
@@ -63,11 +64,6 @@ def select(letters: Iterable[Letter], *, reason: str | None = None,
     return chosen
 
 
-def _consume(task: asyncio.Future[None]) -> None:
-    with contextlib.suppress(BaseException):
-        task.result()  # the awaiting caller reports it; never "exception never retrieved"
-
-
 async def reinject(bus: Bus, letters: Iterable[Letter],
                    flush_timeout: float | None = None) -> list[DeadLetter]:
     """Send every real dead letter among ``letters`` back to its origin topic; wait for acks.
@@ -77,7 +73,7 @@ async def reinject(bus: Bus, letters: Iterable[Letter],
     Returns the dead letters sent, in order.
     """
     # a truncated dead letter no longer holds the original bytes: it cannot be sent back
-    chosen = [(r, d) for r, d in letters if d.is_dead_letter and "value-truncated" not in d.headers]
+    chosen = [(r, d) for r, d in letters if d.is_dead_letter and TRUNCATED_HEADER not in d.headers]
     counts: dict[str, int] = {}  # origin topic -> its partition count now
     for record, letter in chosen:
         partition = letter.origin_partition
@@ -87,9 +83,7 @@ async def reinject(bus: Bus, letters: Iterable[Letter],
             partition = None  # no usable origin partition: by key
         await bus.producer.send(letter.origin_topic, record.value, record.key,
                                 reinjection_headers(record), partition=partition)
-    flush = asyncio.ensure_future(bus.producer.flush())  # shared producer: never cancel a flush
-    flush.add_done_callback(_consume)
-    await asyncio.wait_for(asyncio.shield(flush), flush_timeout)
+    await bus.producer.flush_within(flush_timeout)
     return [letter for _, letter in chosen]
 
 

@@ -6,40 +6,47 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ..core import topology
+
 TOPIC_ALREADY_EXISTS = 36
 
 
 @dataclass(frozen=True)
 class Topics:
-    """The platform's topics, with an optional prefix (used to isolate tests)."""
+    """The platform's topics (declared in :mod:`kafka_saga.core.topology`), with an optional
+    prefix (used to isolate tests)."""
 
     prefix: str = ""
 
+    def name(self, topic: str) -> str:
+        """The prefixed name of a topic of the topology."""
+        return f"{self.prefix}{topic}"
+
     @property
     def commands(self) -> str:
-        return f"{self.prefix}orders.commands"
+        return self.name(topology.COMMANDS)
 
     @property
     def events(self) -> str:
-        return f"{self.prefix}orders.events"
+        return self.name(topology.EVENTS)
 
     @property
     def aggregates(self) -> str:
-        return f"{self.prefix}orders.aggregates"
+        return self.name(topology.AGGREGATES)
 
     @property
     def dlq(self) -> str:
-        return f"{self.prefix}orders.dlq"
+        return self.name(topology.DLQ)
 
     @property
     def events_by_user(self) -> str:
         """Repartition of ``orders.events`` keyed by user: one aggregator owner per user."""
-        return f"{self.prefix}orders.events.by-user"
+        return self.name(topology.EVENTS_BY_USER)
 
     @property
     def inventory(self) -> str:
         """Stock reservations, keyed by item: one owner per item (no oversell across processes)."""
-        return f"{self.prefix}orders.inventory"
+        return self.name(topology.INVENTORY)
 
     @property
     def replies(self) -> str:
@@ -49,19 +56,11 @@ class Topics:
         of its saga's command, so it reaches the orchestrator owning that saga, is read by
         the same consumer group (co-partitioned) and is never paused behind new orders.
         """
-        return f"{self.prefix}orders.replies"
+        return self.name(topology.REPLIES)
 
     def all(self) -> dict[str, dict[str, str]]:
         """Every topic with its configuration."""
-        return {
-            self.commands: {},
-            self.events: {},
-            self.aggregates: {"cleanup.policy": "compact"},
-            self.dlq: {},
-            self.events_by_user: {},
-            self.inventory: {},
-            self.replies: {},
-        }
+        return {self.name(spec.name): dict(spec.config) for spec in topology.TOPICS}
 
     def group(self, role: str) -> str:
         """Consumer group id of a role."""

@@ -16,20 +16,34 @@ from typing import Any, ClassVar, Self
 import orjson
 
 from .decoders import fast_decoder
-from .fields import ContractError, Field, decode_fields, json_schema, now_rfc3339
+from .fields import ContractError, Field, decode_fields, json_schema, non_negative, now_rfc3339
 
 MAX_MESSAGE_BYTES = 256 * 1024
 SHARED_DECODE_MAX = 4096  # records remembered per contract by Contract.decode_shared (~1 KB each)
 _SHARED: dict[type, dict[bytes, Any]] = {}
 SCHEMA_VERSION = 1
 MAX_MONEY = 10**12
-MAX_QUANTITY = 1_000_000
+# Two bounds on an order's quantity, on purpose (tests/unit/test_contracts.py, the OpenAPI):
+# ORDER_MAX_QUANTITY is the business rule: the most one order may ask for; POST /orders and
+# `kafka-saga submit` refuse more (400), and the saga's Validation step rejects a command that
+# asks for more (a rejected saga, with its reason). WIRE_MAX_QUANTITY is the contract: the most
+# a snapshot on the wire may carry and still decode; a record above it is malformed and goes to
+# the DLQ. It is wider so that an order breaking the rule is still carried, and refused by
+# Validation with a reason, rather than dead-lettered.
+ORDER_MAX_QUANTITY = 100
+WIRE_MAX_QUANTITY = 1_000_000
+# An order's status: pending until its saga ends approved, rejected or failed.
+PENDING, APPROVED, REJECTED, FAILED = "pending", "approved", "rejected", "failed"
+STATUSES = (PENDING, APPROVED, REJECTED, FAILED)  # also the order of their codes where packed
 
 
 class CommandType(StrEnum):
     ORDER_CREATE = "OrderCreate"
     ORDER_APPROVE = "OrderApprove"
     ORDER_REJECT = "OrderReject"
+    # the inventory participant's answers to a reservation, on orders.replies
+    INVENTORY_RESERVED = "InventoryReserved"
+    INVENTORY_REFUSED = "InventoryRefused"
 
 
 class EventType(StrEnum):
@@ -116,7 +130,7 @@ class Contract:
         return orjson.dumps(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return orjson.loads(orjson.dumps(self))  # type: ignore[no-any-return]
+        return orjson.loads(orjson.dumps(self))
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
@@ -140,7 +154,7 @@ class Snapshot(Contract):
         Field("order_id", "str", min=1, max_len=128, description="Order identifier (Kafka key)"),
         Field("user", "str", max_len=128, description="Customer identifier"),
         Field("item", "str", max_len=128),
-        Field("quantity", "int", min=0, max=MAX_QUANTITY),
+        Field("quantity", "int", min=0, max=WIRE_MAX_QUANTITY),
         Field("sequence", "int", default=0, min=0, max=2**62),
         Field("price_cents", "int", default=0, min=0, max=MAX_MONEY),
         Field("inventory_available", "bool", default=True),
@@ -256,7 +270,7 @@ class UserAggregate(Contract):
         Field("failed", "int", default=0, min=0, max=2**62),
         Field("pending", "int", default=0, min=0, max=2**62),
         Field("spent_cents", "int", default=0, min=0, max=2**62),
-        Field("status", "enum", default="", choices=("", "pending", "approved", "rejected", "failed")),
+        Field("status", "enum", default="", choices=("", *STATUSES)),
         Field("last_updated", "str", default="", max_len=64),
         Field("metadata", "map", default=_empty_map),
         Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
@@ -284,7 +298,7 @@ class InventoryRequest(Contract):
         Field("saga_id", "str", min=1, max_len=128),
         Field("order_id", "str", min=1, max_len=128),
         Field("item", "str", max_len=128),
-        Field("quantity", "int", min=0, max=MAX_QUANTITY),
+        Field("quantity", "int", min=0, max=WIRE_MAX_QUANTITY),
         Field("action", "enum", choices=("reserve", "release")),
         Field("requested_at", "time"),
         Field("schema_version", "int", default=SCHEMA_VERSION, min=1, max=SCHEMA_VERSION),
@@ -307,7 +321,10 @@ DLQ_HEADERS = (
     "published",
     "retry-count",
 )
+(DLQ_REASON, DLQ_ERROR, DLQ_ORIGIN_TOPIC, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_OFFSET, DLQ_ROLE,
+ DLQ_PUBLISHED, DLQ_RETRY_COUNT) = DLQ_HEADERS
 REINJECTED_HEADER = "dlq-reinjected"
+TRUNCATED_HEADER = "value-truncated"  # a dead letter too large to keep whole: the original size
 
 
 def dlq_headers(
@@ -322,19 +339,19 @@ def dlq_headers(
     original: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...] = (),
 ) -> list[tuple[str, bytes]]:
     """Headers of a DLQ record; the original record's own headers are kept behind them."""
-    ours = {
-        "reason": reason,
-        "error": error[:2000],
-        "origin-topic": topic,
-        "origin-partition": str(partition),
-        "origin-offset": str(offset),
-        "role": role,
-        "published": now_rfc3339(),
-        "retry-count": str(retry_count),
-    }
+    ours = dict(zip(DLQ_HEADERS, (reason, error[:2000], topic, str(partition), str(offset), role,
+                                  now_rfc3339(), str(retry_count)), strict=True))
     headers = [(k, v.encode()) for k, v in ours.items()]
     headers.extend((k, v) for k, v in original if k not in ours)
     return headers
+
+
+REPLY_PARTITION = "reply-partition"  # request header: the orders.replies partition to answer to
+
+
+def reply_partition(headers: Any) -> int | None:
+    """The partition a request asks its answer to go to (None: by key)."""
+    return non_negative(headers_dict(headers).get(REPLY_PARTITION, ""))
 
 
 def headers_dict(headers: Any) -> dict[str, str]:

@@ -6,7 +6,19 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from .contracts import REINJECTED_HEADER, headers_dict
+from .contracts import (
+    DLQ_ERROR,
+    DLQ_HEADERS,
+    DLQ_ORIGIN_OFFSET,
+    DLQ_ORIGIN_PARTITION,
+    DLQ_ORIGIN_TOPIC,
+    DLQ_PUBLISHED,
+    DLQ_REASON,
+    DLQ_RETRY_COUNT,
+    DLQ_ROLE,
+    REINJECTED_HEADER,
+    headers_dict,
+)
 
 
 @dataclass(slots=True)
@@ -36,7 +48,7 @@ class DeadLetter:
         return bool(self.reason and self.origin_topic)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def _int(value: str | None) -> int | None:
@@ -70,14 +82,14 @@ def read_dead_letter(record: Any) -> DeadLetter:
         key=key,
         value_preview=_preview(record.value),
         value_size=len(record.value) if record.value is not None else 0,
-        reason=headers.get("reason", ""),
-        error=headers.get("error", ""),
-        origin_topic=headers.get("origin-topic", ""),
-        origin_partition=_int(headers.get("origin-partition")),
-        origin_offset=_int(headers.get("origin-offset")),
-        role=headers.get("role", ""),
-        published=headers.get("published", ""),
-        retry_count=_int(headers.get("retry-count")) or 0,
+        reason=headers.get(DLQ_REASON, ""),
+        error=headers.get(DLQ_ERROR, ""),
+        origin_topic=headers.get(DLQ_ORIGIN_TOPIC, ""),
+        origin_partition=_int(headers.get(DLQ_ORIGIN_PARTITION)),
+        origin_offset=_int(headers.get(DLQ_ORIGIN_OFFSET)),
+        role=headers.get(DLQ_ROLE, ""),
+        published=headers.get(DLQ_PUBLISHED, ""),
+        retry_count=_int(headers.get(DLQ_RETRY_COUNT)) or 0,
         reinjected=_int(headers.get(REINJECTED_HEADER)) or 0,
         headers=headers,
     )
@@ -85,8 +97,7 @@ def read_dead_letter(record: Any) -> DeadLetter:
 
 def reinjection_headers(record: Any) -> list[tuple[str, bytes]]:
     """The original record's headers (DLQ ones removed) plus an incremented re-injection mark."""
-    dlq_keys = {"reason", "error", "origin-topic", "origin-partition", "origin-offset", "role",
-                "published", "retry-count", REINJECTED_HEADER}
+    dlq_keys = {*DLQ_HEADERS, REINJECTED_HEADER}
     count = (_int(headers_dict(record.headers).get(REINJECTED_HEADER)) or 0) + 1
     kept = [(k, v) for k, v in (record.headers or ()) if k not in dlq_keys]
     return [*kept, (REINJECTED_HEADER, str(count).encode())]

@@ -14,14 +14,13 @@ crossed) it returns ``None`` and the caller takes the full path, which raises th
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from .fields import Field
+from .fields import CANONICAL_TIME, Field
 
-_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z").fullmatch
+_CANONICAL = CANONICAL_TIME.fullmatch
 _fromisoformat = datetime.fromisoformat
 
 

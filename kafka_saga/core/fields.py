@@ -6,6 +6,7 @@ validates a parsed JSON object against them, ``json_schema`` exports them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,10 @@ class Field:
         return self.default is _MISSING
 
 
+# canonical_time's shape: ASCII digits exactly where it writes them (a parse gives them back)
+CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+
 def canonical_time(value: datetime) -> str:
     """RFC 3339 in UTC with microseconds: sortable as a string."""
     # isoformat pads the year to 4 digits and, with timespec, always writes microseconds;
@@ -48,8 +53,13 @@ def canonical_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
+def non_negative(raw: str) -> int | None:
+    """ASCII digits -> their integer; anything else (sign, space, other digits) -> None."""
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    return canonical_time(datetime.now(UTC))
 
 
 def _fail(path: str, what: str) -> ContractError:

@@ -11,13 +11,13 @@ objects; :meth:`FinishedSagas.saga` rebuilds the approved ones.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any, NamedTuple
 
 import orjson
 
-from .compact import IdTable
-from .contracts import Event, EventType, Snapshot, Step
+from .contracts import Snapshot, Step
 from .saga import APPROVED, Ending, Saga
 
 SNAPSHOT_FIELDS = tuple(f.name for f in fields(Snapshot))  # a snapshot is packed as a list
@@ -34,9 +34,10 @@ def settled(saga: Saga) -> bool:
     return saga.terminal and not (saga.status == APPROVED and saga.ending is not None)
 
 
-def pack(saga: Saga, partition: int) -> bytes:
-    """One finished saga as a record (the whole saga when it is approved)."""
-    if saga.status != APPROVED:
+def pack(saga: Saga, partition: int, full: bool = False) -> bytes:
+    """One saga as a record: the whole saga when it is approved (or ``full``), else only what
+    a rejected or failed saga still needs."""
+    if saga.status != APPROVED and not full:
         fields_: list[Any] = [partition, saga.command_id, saga.status]
     else:
         ending = saga.ending
@@ -93,20 +94,29 @@ class FinishedSagas:
             forgotten.append(oldest)
         return forgotten
 
+    def record(self, saga_id: str) -> bytes | None:
+        return self._records.get(saga_id)
+
+    def records(self) -> Iterator[tuple[str, bytes]]:
+        """``("s:<saga_id>", record)`` of every finished saga, oldest first."""
+        for saga_id, record in list(self._records.items()):
+            yield "s:" + saga_id, record
+
+    def put_record(self, saga_id: str, record: bytes) -> list[str]:
+        """Take back a record written by :meth:`record` (a restore); the saga ids forgotten."""
+        self._records.pop(saga_id, None)
+        self._records[saga_id] = record
+        command_id = orjson.loads(record)[1]
+        if command_id:
+            self._by_command[command_id] = saga_id
+        return self._trim()
+
     def get(self, saga_id: str) -> Finished | None:
         record = self._records.get(saga_id)
         if record is None:
             return None
         partition, _, status = orjson.loads(record)[:3]
         return Finished(status, partition, unpack(saga_id, record))
-
-    def merge(self, other: FinishedSagas) -> list[str]:
-        """Take ``other``'s records (after ours, in their order); return the saga ids forgotten."""
-        for saga_id, record in other._records.items():
-            self._records[saga_id] = record
-            self._records.move_to_end(saga_id)
-        self._by_command.update(other._by_command)
-        return self._trim()
 
     def remove(self, saga_id: str) -> None:
         record = self._records.pop(saga_id, None)
@@ -115,48 +125,5 @@ class FinishedSagas:
             if self._by_command.get(command_id) == saga_id:
                 del self._by_command[command_id]
 
-    def remove_partitions(self, partitions: set[int]) -> None:
-        """Forget every saga of these partitions (handed to another orchestrator)."""
-        for saga_id in [s for s, r in self._records.items() if orjson.loads(r)[0] in partitions]:
-            self.remove(saga_id)
 
-
-class SagaRestore:
-    """Sagas rebuilt from ``orders.events`` (the orchestrator's restore), in bounded memory.
-
-    Feed the events in log order. A saga that settles is packed into :attr:`finished` (at
-    most ``limit``; a late reject rebuilds it); :attr:`unfinished` keeps the others with their
-    partition. A saga forgotten on the way is never rebuilt, and only an ``OrderCreated``
-    starts a saga: events of sagas this orchestrator never started are ignored.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.unfinished: dict[str, tuple[Saga, int]] = {}
-        self.finished = FinishedSagas(limit)
-        self.sagas = 0  # started, in all
-        self._forgotten = IdTable(width=1)
-
-    def feed(self, event: Event, partition: int) -> None:
-        entry = self.unfinished.get(event.saga_id)
-        if entry is None:
-            done = self.finished.get(event.saga_id)
-            if done is not None:
-                if done.saga is None:
-                    return  # rejected or failed: nothing changes it any more
-                entry = (done.saga, done.partition)
-                self.finished.remove(event.saga_id)
-            elif event.type is not EventType.ORDER_CREATED or event.saga_id in self._forgotten:
-                return
-            else:
-                entry = (Saga(event.saga_id, event.snapshot, event.command_id), partition)
-                self.sagas += 1
-            self.unfinished[event.saga_id] = entry
-        saga, owner = entry
-        saga.apply(event)
-        if settled(saga):
-            del self.unfinished[event.saga_id]
-            for forgotten in self.finished.add(saga, owner):
-                self._forgotten.put(forgotten, (1,))
-
-
-__all__ = ["Finished", "FinishedSagas", "SagaRestore", "pack", "settled", "unpack"]
+__all__ = ["Finished", "FinishedSagas", "pack", "settled", "unpack"]

@@ -22,15 +22,25 @@ partition). ``observe(event)`` returns the rules the event breaks *for the first
 Idempotence: each (saga, rule) fires at most once — redeliveries and replays of the same
 events return nothing new — and nothing fires for a saga that has ended rejected or failed
 (``OrderRejected``/``OrderFailed``, or an ``OrderCompensated`` announcing that outcome).
-Observing the same sequence of events always builds the same state, so a tracker rebuilds
-it by observing the partition's history silently before handling new records.
+
+State: :class:`TrackerRules` is a :class:`~kafka_saga.core.store.Store`. Each change goes to
+its journal, and a new owner restores the rules from the compacted changelog
+(:meth:`TrackerRules.load`), not by observing the partition's history. Entries (UTF-8):
+
+* ``a:<saga_id>`` -> ``b"1<order_id>"`` (the saga owns its order) or ``b"0<order_id>"``:
+  written once, when the saga is first seen, so the changelog keeps the arrival order;
+* ``s:<saga_id>`` -> the saga's state bits as a decimal, when a rule fires or it ends;
+* ``v:<saga_id>`` -> ``b"<occurred_at seconds> <user>"``, written once, when its creation
+  is counted by the velocity rule (restored into the shared :class:`VelocityWindow`).
 
 Memory: at most ``max_sagas`` sagas per partition are remembered (first seen, first
-forgotten), with their order's owner, ~210 bytes each (ids kept as numbers, a saga's state
-as one small int); a forgotten saga could fire again and a duplicate of a forgotten owner
-becomes the owner. :class:`VelocityWindow` keeps two windows of event
-time per user (so late events count right), at most ``max_users`` users (least recently
-active forgotten first) and ``max_per_user`` orders per user.
+forgotten; the default is the state window, ``Settings.state_window``), with their order's
+owner, ~210 bytes each (ids kept as numbers, a saga's state as one small int); a forgotten
+saga is tombstoned, could fire again, and a duplicate of a forgotten owner becomes the
+owner. :class:`VelocityWindow` keeps two windows of event time per user (so late events count
+right), at most ``max_users`` users (least recently active forgotten first) and
+``max_per_user`` orders per user; a restore brings back the creations of the sagas still
+remembered (a forgotten saga's creation no longer counts after a restore).
 """
 
 from __future__ import annotations
@@ -38,19 +48,21 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from .catalog import Catalog
 from .compact import id_key, key_id
-from .contracts import Command, CommandType, Event, EventType
+from .contracts import FAILED, REJECTED, Command, Event, EventType
+from .store import DEFAULT_WINDOW, Journal
+from .submission import reject_command as _reject_command
 
 PRICE, DUPLICATE, VELOCITY = "price_integrity", "duplicate_order", "velocity"
 REASONS = {PRICE: "price_mismatch", DUPLICATE: "duplicate_order", VELOCITY: "velocity_exceeded"}
-DEFAULT_MAX_SAGAS = 20_000  # ~210 bytes each
 VELOCITY_WINDOW_S = 60.0
 MAX_COMMAND_ID = 128  # Command.command_id max_len
-ENDED = ("rejected", "failed")
+ENDED = (REJECTED, FAILED)
 # A saga's state is one small int: a bit per rule fired, then "ended" and "counted".
 RULE_BITS = {PRICE: 1, DUPLICATE: 2, VELOCITY: 4}
 _ENDED, _COUNTED = 8, 16
@@ -90,14 +102,9 @@ def reject_command_id(rule: str, saga_id: str) -> str:
 def reject_command(violation: Violation) -> Command:
     """The ``OrderReject`` command asking the orchestrator to reject the offending saga."""
     event = violation.event
-    return Command(
-        command_id=violation.command_id,
-        saga_id=violation.saga_id,
-        type=CommandType.ORDER_REJECT,
-        snapshot=event.snapshot,
-        step=event.step,
-        metadata={"reason": violation.reason, "source": "tracker", "rule": violation.rule},
-    )
+    return _reject_command(violation.order_id, violation.saga_id, event.snapshot, violation.reason,
+                           "tracker", event.step, command_id=violation.command_id,
+                           rule=violation.rule)
 
 
 def event_seconds(occurred_at: str) -> float | None:
@@ -156,7 +163,7 @@ class TrackerRules:
 
     def __init__(self, catalog: Catalog, velocity_limit: int = 0, *, partition: int = 0,
                  window: VelocityWindow | None = None,
-                 max_sagas: int = DEFAULT_MAX_SAGAS) -> None:
+                 max_sagas: int = DEFAULT_WINDOW) -> None:
         if window is None and velocity_limit > 0:
             window = VelocityWindow(velocity_limit)
         self.catalog = catalog
@@ -168,7 +175,8 @@ class TrackerRules:
         self._owners: dict[int | str, int | str] = {}
         self._arrived: deque[int | str] = deque()  # sagas, oldest first
         self._arrived_orders: deque[int | str] = deque()  # their orders
-        self.fired_total = 0
+        self.journal = Journal()
+        self.fired_total = 0  # by this instance (not restored)
 
     def __len__(self) -> int:
         return len(self._sagas)
@@ -191,25 +199,83 @@ class TrackerRules:
         kind = event.type
         if kind in (EventType.ORDER_REJECTED, EventType.ORDER_FAILED) or (
                 kind is EventType.ORDER_COMPENSATED and event.metadata.get("outcome") in ENDED):
-            self._sagas[saga] = state | _ENDED
+            if not state & _ENDED:
+                self._set(saga, event.saga_id, state | _ENDED)
             return []
         count = 0
         if kind is EventType.ORDER_CREATED and self.window is not None and not state & _COUNTED:
             at = event_seconds(event.occurred_at)
             if at is not None:
                 state = self._sagas[saga] = state | _COUNTED
-                count = self.window.add(event.snapshot.user, event.saga_id, at, self.partition)
+                user = event.snapshot.user
+                self.journal.put("v:" + event.saga_id, f"{at!r} {user}".encode())
+                count = self.window.add(user, event.saga_id, at, self.partition)
         if state & _ENDED:
             return []
         found = [*self._check(event, saga), *self._velocity(event, count)]
         violations = []
         for rule, detail in found:
-            if state & RULE_BITS[rule]:
+            bit = RULE_BITS[rule]
+            if state & bit:
                 continue
-            state = self._sagas[saga] = state | RULE_BITS[rule]
+            state |= bit
             self.fired_total += 1
             violations.append(Violation(event.saga_id, rule, REASONS[rule], event, detail))
+        if violations:
+            self._set(saga, event.saga_id, state)
         return violations
+
+    def load(self, key: str, value: bytes) -> None:
+        """Take back one changelog entry (see the module); writes nothing to the journal."""
+        kind, _, saga_id = key.partition(":")
+        saga = id_key(saga_id)
+        if kind == "a":
+            if value[:1] not in (b"0", b"1"):
+                raise ValueError(f"not a tracker rules arrival: {value!r}")
+            if saga not in self._sagas:
+                order = id_key(value[1:].decode())
+                self._sagas[saga] = 0
+                if value[:1] == b"1":
+                    self._owners[order] = saga
+                self._remember(saga, order, write=False)
+            return
+        if kind not in ("s", "v"):
+            raise ValueError(f"not a tracker rules entry: {key!r}")
+        state = self._sagas.get(saga)
+        if state is None:  # forgotten as it was loaded (a smaller window than when written)
+            return
+        if kind == "s":
+            self._sagas[saga] = state | int(value)
+            return
+        self._sagas[saga] = state | _COUNTED
+        at, _, user = value.partition(b" ")
+        if self.window is not None:
+            self.window.add(user.decode(), saga_id, float(at), self.partition)
+
+    def entries(self) -> Iterator[tuple[str, bytes]]:
+        """Every live entry as the journal writes it (a snapshot), sagas in arrival order."""
+        counted: dict[str, tuple[float, str]] = {}
+        if self.window is not None:
+            for user, sagas in self.window.users.items():
+                for saga_id, (at, partition) in sagas.items():
+                    if partition == self.partition:
+                        counted[saga_id] = (at, user)
+        for saga, order in zip(list(self._arrived), list(self._arrived_orders), strict=True):
+            state = self._sagas.get(saga)
+            if state is None:
+                continue
+            saga_id = key_id(saga)
+            owns = self._owners.get(order) == saga
+            yield "a:" + saga_id, b"%d%s" % (owns, key_id(order).encode())
+            if state & ~_COUNTED:
+                yield "s:" + saga_id, b"%d" % state
+            if saga_id in counted:
+                at, user = counted[saga_id]
+                yield "v:" + saga_id, f"{at!r} {user}".encode()
+
+    def _set(self, saga: int | str, saga_id: str, state: int) -> None:
+        self._sagas[saga] = state
+        self.journal.put("s:" + saga_id, b"%d" % state)
 
     def _check(self, event: Event, saga: int | str) -> list[tuple[str, str]]:
         snap = event.snapshot
@@ -234,14 +300,27 @@ class TrackerRules:
         state = self._sagas.get(saga)
         if state is not None:
             return state
-        order = id_key(event.snapshot.order_id)
+        order_id = event.snapshot.order_id
+        order = id_key(order_id)
         self._sagas[saga] = 0
-        self._owners.setdefault(order, saga)
+        owns = self._owners.setdefault(order, saga) == saga
+        self.journal.put("a:" + event.saga_id, b"%d%s" % (owns, order_id.encode()))
+        self._remember(saga, order, write=True)
+        return 0
+
+    def _remember(self, saga: int | str, order: int | str, *, write: bool) -> None:
+        """Queue a new saga; forget the oldest beyond ``max_sagas`` (tombstoned if ``write``)."""
         self._arrived.append(saga)
         self._arrived_orders.append(order)
         while len(self._sagas) > self.max_sagas:
             old_saga, old_order = self._arrived.popleft(), self._arrived_orders.popleft()
-            del self._sagas[old_saga]
+            state = self._sagas.pop(old_saga)
             if self._owners.get(old_order) == old_saga:
                 del self._owners[old_order]
-        return 0
+            if write:
+                saga_id = key_id(old_saga)
+                self.journal.delete("a:" + saga_id)
+                if state & ~_COUNTED:
+                    self.journal.delete("s:" + saga_id)
+                if state & _COUNTED:
+                    self.journal.delete("v:" + saga_id)

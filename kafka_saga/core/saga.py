@@ -15,21 +15,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .catalog import Catalog
-from .contracts import Event, EventType, Snapshot, Step
+from .contracts import (
+    APPROVED,
+    FAILED,
+    ORDER_MAX_QUANTITY,
+    PENDING,
+    REJECTED,
+    Event,
+    EventType,
+    Snapshot,
+    Step,
+)
 
-PENDING, APPROVED, REJECTED, FAILED = "pending", "approved", "rejected", "failed"
 TERMINAL = (APPROVED, REJECTED, FAILED)
 STEP_ORDER = (Step.VALIDATION, Step.PAYMENT, Step.INVENTORY, Step.FINALIZE)
 COMPENSABLE = (Step.PAYMENT, Step.INVENTORY)
-MAX_QUANTITY = 100
 
 
 def validate(snapshot: Snapshot, catalog: Catalog) -> str | None:
     """The Validation step: ``None`` when valid, else the reason of the business refusal."""
     if not snapshot.user.strip():
         return "user must not be empty"
-    if not 1 <= snapshot.quantity <= MAX_QUANTITY:
-        return f"quantity must be between 1 and {MAX_QUANTITY}, got {snapshot.quantity}"
+    if not 1 <= snapshot.quantity <= ORDER_MAX_QUANTITY:
+        return f"quantity must be between 1 and {ORDER_MAX_QUANTITY}, got {snapshot.quantity}"
     if snapshot.item not in catalog:
         return f"unknown item {snapshot.item!r}"
     if snapshot.price_cents < 0:
@@ -143,7 +151,7 @@ class Saga:
     def event(self, kind: EventType, step: Step, **extra: object) -> Event:
         extra.setdefault("retry_count", self.retry_count)
         return Event.new(kind, self.snapshot, step, self.saga_id, command_id=self.command_id,
-                         correlation_key=self.order_id, **extra)  # type: ignore[arg-type]
+                         correlation_key=self.order_id, **extra)
 
     def reject_request(self, reason: str, step: Step | None = None) -> Ending | None:
         """What an ``OrderReject`` command does to this saga (None: ignored, already ended)."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from .catalog import Catalog
-from .contracts import MAX_MONEY, Command, CommandType, Snapshot, Step, new_id
+from .contracts import MAX_MONEY, ORDER_MAX_QUANTITY, Command, CommandType, Snapshot, Step, new_id
 from .fields import ContractError, now_rfc3339
 
-MAX_ORDER_QUANTITY = 100
 MAX_TEXT = 128
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_KEY = 256
@@ -66,8 +65,8 @@ def parse_order_request(body: Any) -> dict[str, Any]:
     quantity = body["quantity"]
     if type(quantity) is not int:  # excludes bool, float and numeric strings
         raise _invalid(f"{what}.quantity: expected an integer, got {type(quantity).__name__}")
-    if not 1 <= quantity <= MAX_ORDER_QUANTITY:
-        raise _invalid(f"{what}.quantity: must be between 1 and {MAX_ORDER_QUANTITY}, got {quantity}")
+    if not 1 <= quantity <= ORDER_MAX_QUANTITY:
+        raise _invalid(f"{what}.quantity: must be between 1 and {ORDER_MAX_QUANTITY}, got {quantity}")
     attributes = body.get("attributes")
     if attributes is None:
         attributes = {}
@@ -112,13 +111,16 @@ def new_order_command(user: str, item: str, quantity: int, catalog: Catalog,
 
 
 def reject_command(order_id: str, saga_id: str, snapshot: Snapshot, reason: str,
-                   source: str, step: Step = Step.VALIDATION) -> Command:
-    """The ``OrderReject`` command asking the orchestrator to cancel the saga ``saga_id``."""
+                   source: str, step: Step = Step.VALIDATION, *, command_id: str | None = None,
+                   **metadata: str) -> Command:
+    """The ``OrderReject`` command asking the orchestrator to cancel the saga ``saga_id``
+    (the one builder: the API, the CLI and the tracker's rules). ``command_id`` defaults to a
+    new one; ``metadata`` joins ``reason`` and ``source``."""
     if snapshot.order_id != order_id:
         raise _invalid(f"reject: snapshot is of order {snapshot.order_id!r}, not {order_id!r}")
-    return Command(command_id=new_id(), saga_id=saga_id, type=CommandType.ORDER_REJECT,
-                   snapshot=snapshot, step=step, issued_at=now_rfc3339(),
-                   metadata={"reason": reason, "source": source})
+    return Command(command_id=command_id or new_id(), saga_id=saga_id,
+                   type=CommandType.ORDER_REJECT, snapshot=snapshot, step=step,
+                   issued_at=now_rfc3339(), metadata={"reason": reason, "source": source, **metadata})
 
 
 __all__ = ["new_order_command", "parse_cancel_request", "parse_order_request", "reject_command"]

@@ -9,12 +9,11 @@ own values.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..core.contracts import Event, EventType, Step
-from ..core.fields import canonical_time
+from ..core.fields import CANONICAL_TIME, canonical_time
 from ..core.saga import STEP_ORDER
 
 History = int | tuple[int, str] | tuple[EventType, Step, str, int, str]
@@ -23,15 +22,13 @@ _TYPE_CODE = {kind: code for code, kind in enumerate(_TYPES)}
 _STEP_CODE = {step: code for code, step in enumerate(STEP_ORDER)}
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# canonical_time's shape: digits exactly where it writes them, so a parse gives them back
-_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 
 def history_entry(event: Event) -> History:
     """The entry of one event, packed when it can be given back exactly."""
     at, retries, error = event.occurred_at, event.retry_count, event.error_message
     try:
-        when = datetime.fromisoformat(at) if _CANONICAL.fullmatch(at) else None
+        when = datetime.fromisoformat(at) if CANONICAL_TIME.fullmatch(at) else None
     except ValueError:  # e.g. February 30th
         when = None
     if when is None or not 0 <= retries < 1 << 14:

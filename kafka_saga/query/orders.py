@@ -25,22 +25,21 @@ import asyncio
 import bisect
 import sys
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.catalog import Catalog
 from ..core.compact import IdRefs, IdTable, Names
-from ..core.contracts import Event, EventType, Snapshot, Step
-from ..core.saga import APPROVED, FAILED, PENDING, REJECTED, STEP_ORDER, TERMINAL, Saga
-from .history import History, history_entry, history_view
+from ..core.contracts import STATUSES, Event, EventType, Snapshot, Step
+from ..core.saga import FAILED, PENDING, REJECTED, STEP_ORDER, TERMINAL, Saga
+from .history import history_entry
+from .record import SagaRecord
 
-STATUSES = (PENDING, APPROVED, REJECTED, FAILED)  # an evicted saga's status code is its index
 HISTORY_MAX = 50
 RECENT_MAX = 200
 ORDERS_MAX = 20_000  # QUERY_ORDERS_MAX
 # An evicted saga's state word: status | completed << 2 | compensated << 6 | created << 10 |
 # reserved << 11 | released << 12 | odd saga id << 13 | quantity << 16 | item index << 36
-# (a contract-valid quantity is at most 10**6 < 2**20)
+# (a contract-valid quantity is at most WIRE_MAX_QUANTITY = 10**6 < 2**20)
 _CODE = {status: code for code, status in enumerate(STATUSES)}
 _STEP_BITS = {step: 1 << n for n, step in enumerate(STEP_ORDER)}
 _ODD = 13
@@ -52,72 +51,6 @@ def _bits(steps: list[Step]) -> int:
 
 def _steps(bits: int) -> list[Step]:
     return [step for step in STEP_ORDER if bits & _STEP_BITS[step]]
-
-
-@dataclass(slots=True)
-class SagaRecord:
-    """What the view knows of one saga."""
-
-    saga_id: str
-    order_id: str
-    created_at: str
-    owner: bool
-    saga: Saga  # the state machine the orchestrator itself uses: one set of transition rules
-    partition: int = -1  # of orders.events its events are on (-1: not told)
-    updated_at: str = ""
-    created: bool = False
-    reserved: tuple[str, int] | None = None  # (item, quantity) taken by its Inventory step
-    released: bool = False
-    history: list[History] = field(default_factory=list)  # the latest, oldest first
-
-    @property
-    def snapshot(self) -> Snapshot:
-        return self.saga.snapshot
-
-    @property
-    def status(self) -> str:
-        return self.saga.status
-
-    @property
-    def step(self) -> Step:
-        return self.saga.step
-
-    @property
-    def reason(self) -> str:
-        return self.saga.reason
-
-    @property
-    def retry_count(self) -> int:
-        return self.saga.retry_count
-
-    @property
-    def terminal(self) -> bool:
-        return self.saga.terminal
-
-    def next_step(self) -> Step:
-        """The forward step the saga is at (Finalize once every step is approved)."""
-        return self.saga.next_step() or Step.FINALIZE
-
-    def order_view(self) -> dict[str, Any]:
-        snap = self.snapshot
-        return {
-            "order_id": self.order_id, "saga_id": self.saga_id, "user": snap.user,
-            "item": snap.item, "quantity": snap.quantity, "price_cents": snap.price_cents,
-            "status": self.status, "step": self.step.value, "reason": self.reason,
-            "retry_count": self.retry_count, "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "history": [history_view(entry) for entry in self.history],
-        }
-
-    def summary(self) -> dict[str, Any]:
-        snap = self.snapshot
-        return {
-            "saga_id": self.saga_id, "order_id": self.order_id, "user": snap.user,
-            "item": snap.item, "quantity": snap.quantity, "status": self.status,
-            "step": self.step.value, "reason": self.reason, "retry_count": self.retry_count,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-            "duplicate": not self.owner,
-        }
 
 
 class OrdersView:
@@ -404,4 +337,5 @@ class OrdersView:
                 future.set_result(None)
 
 
-__all__ = ["HISTORY_MAX", "ORDERS_MAX", "STATUSES", "TERMINAL", "OrdersView", "SagaRecord"]
+__all__ = ["FAILED", "HISTORY_MAX", "ORDERS_MAX", "REJECTED", "STATUSES", "TERMINAL", "OrdersView",
+           "SagaRecord"]

@@ -8,20 +8,21 @@ Two stages, both on the shared consume loop:
 2. **fold** — ``orders.events.by-user`` -> :class:`~kafka_saga.core.fold.AggregateFold`
    per owned partition -> one snapshot per changed user and batch.
 
-The fold's state is rebuilt from its input log when a partition is assigned (records
-below the committed offset are folded silently, then the live tail is published), so a
-restart or a rebalance never loses state and a replay equals the live view.
+The fold of each partition is a state store of the shared loop, restored from
+``orders.aggregator.changelog`` when the partition is assigned (docs/state-stores.md), so a
+restart or a rebalance never loses state; replay applies the same window, so it equals the
+live view.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from .. import logs
-from ..bus.loop import Subscription, consume_workers
+from ..bus.handling import Emit, PartitionStates
+from ..bus.loop import Subscription
 from ..core.contracts import Event
 from ..core.fold import AggregateFold
 from .base import Role
@@ -34,63 +35,46 @@ class AggregatorRole(Role):
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
-        self.folds: dict[int, AggregateFold] = {}
+        self.folds: PartitionStates[AggregateFold] = PartitionStates(
+            lambda _tp: AggregateFold(window=ctx.settings.state_window), self._drop_dirty)
         self.dirty: dict[str, AggregateFold] = {}
 
     # --- stage 1: re-key ---
-    async def rekey(self, event: Event, record: Any) -> None:
-        await self.ctx.bus.producer.send(
-            self.ctx.bus.topics.events_by_user, record.value, event.snapshot.user.encode(),
-            list(record.headers or ()))
+    def rekey(self, event: Event, record: Any) -> list[Emit]:
+        return [Emit(self.ctx.bus.topics.events_by_user, record.value, event.snapshot.user.encode(),
+                     headers=list(record.headers or ()))]
 
     # --- stage 2: fold ---
-    async def fold(self, event: Event, record: Any) -> None:
-        fold = self.folds.get(record.partition)
-        if fold is None:  # not (or no longer) ours
-            return
+    def fold(self, event: Event, _record: Any, fold: AggregateFold) -> None:
         user = fold.apply(event)
         if user is not None:
             self.dirty[user] = fold
 
-    async def restore(self, event: Event, record: Any) -> None:
-        fold = self.folds.get(record.partition)
-        if fold is not None:
-            fold.apply(event)
-
-    async def publish(self) -> None:
+    def publish(self) -> list[Emit]:
+        """One snapshot per user the batch changed."""
         if not self.dirty:
-            return
+            return []
         dirty, self.dirty = self.dirty, {}
-        producer, topic = self.ctx.bus.producer, self.ctx.bus.topics.aggregates
+        topic = self.ctx.bus.topics.aggregates
+        partitions = {id(fold): partition for partition, fold in self.folds.items()}
+        out = []
         for user, fold in dirty.items():
             aggregate = fold.aggregate(user)
             if aggregate is not None:
-                await producer.send(topic, aggregate.encode(), user.encode())
+                out.append(Emit(topic, aggregate.encode(), user.encode(),
+                                source=partitions.get(id(fold))))
+        return out
 
-    async def assigned(self, consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:
-        for tp in committed:
-            self.folds[tp.partition] = AggregateFold()
-
-    async def revoked(self, partitions: set[TopicPartition]) -> None:
-        for tp in partitions:
-            fold = self.folds.pop(tp.partition, None)
-            self.dirty = {u: f for u, f in self.dirty.items() if f is not fold}
+    def _drop_dirty(self, _tp: TopicPartition, fold: AggregateFold) -> None:
+        self.dirty = {u: f for u, f in self.dirty.items() if f is not fold}
 
     def subscriptions(self) -> list[Subscription]:
-        topics = self.ctx.bus.topics
         return [
-            Subscription("aggregator.rekey", (topics.events,), topics.group("aggregator.rekey"),
-                         Event.decode_shared, self.rekey),
-            Subscription("aggregator", (topics.events_by_user,), topics.group("aggregator"),
-                         Event.decode_shared, self.fold, on_batch_end=self.publish,
-                         on_assigned=self.assigned, on_revoked=self.revoked, restore=self.restore),
+            self.subscription("aggregator.rekey", Event.decode_shared, self.rekey),
+            self.subscription("aggregator", Event.decode_shared, self.fold, state=self.folds,
+                              on_batch_end=self.publish),
         ]
 
-    async def run(self, stop: asyncio.Event) -> None:
-        workers = self.ctx.options.workers
-        async with asyncio.TaskGroup() as group:
-            for sub in self.subscriptions():
-                group.create_task(consume_workers(self.ctx.bus, sub, stop, workers))
-
     def health(self) -> dict[str, Any]:
-        return {"partitions": sorted(self.folds), "users": sum(len(f) for f in self.folds.values())}
+        return {"partitions": self.folds.partitions(),
+                "users": sum(len(f) for f in self.folds.values())}

@@ -39,7 +39,7 @@ class Answers:
         """A participant's answer: wake the saga waiting for it (if any still waits)."""
         waiter = self.waiters.get(command.saga_id)
         if waiter is not None and not waiter.done():
-            waiter.set_result((command.type is CommandType.ORDER_APPROVE,
+            waiter.set_result((command.type is CommandType.INVENTORY_RESERVED,
                                command.metadata.get("reason", "")))
 
     def assigned(self, partition: int, committed: int) -> None:

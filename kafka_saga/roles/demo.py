@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from .. import logs
+from ..bus.loop import wait_unless_stopped
 from ..core.catalog import Catalog
 from ..core.contracts import Command
 from ..core.submission import new_order_command
@@ -79,10 +80,7 @@ class DemoRole(Role):
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                await wait_unless_stopped(stop, delay)
             if self.sent % 100 == 0:
                 await bus.producer.flush()
                 log.info("demo orders submitted", sent=self.sent)

@@ -10,12 +10,11 @@ a malformed aggregate exactly once is here.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import Any
 
 from .. import logs
-from ..bus.loop import Subscription, consume_workers
+from ..bus.loop import Subscription
 from ..core.contracts import UserAggregate
 from ..core.dead_letters import DeadLetter, read_dead_letter
 from .base import Role
@@ -31,7 +30,7 @@ def _aggregate_or_tombstone(value: bytes | None) -> UserAggregate | None:
     return None if value is None else UserAggregate.decode(value)
 
 
-async def _valid(_message: object, _record: object) -> None:
+def _valid(_message: object, _record: object) -> None:
     """Nothing to do with a valid aggregate: the loop dead-letters the ones that do not decode."""
 
 
@@ -43,7 +42,7 @@ class DlqRole(Role):
         self.recent: deque[DeadLetter] = deque(maxlen=ctx.settings.dlq_recent)
         self.by_reason: dict[str, int] = {}
 
-    async def inspect(self, _value: bytes | None, record: Any) -> None:
+    def inspect(self, _value: bytes | None, record: Any) -> None:
         letter = read_dead_letter(record)
         metrics = self.ctx.metrics
         if not letter.is_dead_letter:
@@ -59,15 +58,10 @@ class DlqRole(Role):
                  role_of_origin=letter.role, order_id=letter.key, reinjected=letter.reinjected,
                  partition=record.partition, offset=record.offset)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        topics = self.ctx.bus.topics
-        reader = Subscription("dlq", (topics.dlq,), topics.group("dlq"), _raw, self.inspect,
-                              dead_letter=False)
-        audit = Subscription("dlq", (topics.aggregates,), topics.group("dlq.aggregates-audit"),
-                             _aggregate_or_tombstone, _valid)
-        async with asyncio.TaskGroup() as group:
-            for sub in (reader, audit):
-                group.create_task(consume_workers(self.ctx.bus, sub, stop, self.ctx.options.workers))
+    def subscriptions(self) -> list[Subscription]:
+        return [self.subscription("dlq", _raw, self.inspect),  # never re-publishes garbage
+                self.subscription("dlq.aggregates-audit", _aggregate_or_tombstone, _valid,
+                                  label="dlq")]
 
     def health(self) -> dict[str, Any]:
         return {"by_reason": dict(self.by_reason), "recent": len(self.recent)}

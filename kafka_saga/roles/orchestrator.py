@@ -1,32 +1,21 @@
 """orchestrator: runs each order's saga — Validation -> Payment -> Inventory -> Finalize.
 
-Commands come in on ``orders.commands`` (``OrderCreate`` from clients, keyed and partitioned
-however the client likes); messages to running sagas on ``orders.replies`` (the inventory
-participant's answers, the tracker's rejects, cancels from ``kafka-saga cancel`` and the API),
-read by the same consumer group, co-partitioned with the commands (range assignment, same
-partition count, checked at start). Every state transition goes out as an event on
-``orders.events`` before the saga moves on, and is acknowledged by the broker before the
-saga waits on the inventory participant or reports an end. In between, the saga does not
-wait for acknowledgements: the steps it may repeat after a crash lost an unacknowledged
-event are idempotent (validation is pure; the payment gateway and the inventory ledger
-answer a repeated request for the same saga id the same way). Saga state is never stored
-elsewhere: when this process is assigned a commands partition it re-reads the same partition
-of ``orders.events`` and resumes every unfinished saga, so a ``kill -9`` or a rebalance
-loses nothing.
+Reads ``orders.commands`` (``OrderCreate``, any key, any partitioner) and ``orders.replies``
+(the inventory role's answers, the tracker's rejects, cancels) in one group, co-partitioned
+(range assignment; equal partition counts checked at start). A saga belongs to the partition
+its ``OrderCreate`` was read from, and everything of it goes to that partition number
+explicitly: its events on ``orders.events``, its answers and rejects on ``orders.replies``.
 
-A saga belongs to the partition its ``OrderCreate`` was read from; everything of it goes to
-that partition number explicitly, never by a key hash a client may disagree with (librdkafka
-hashes with crc32, Java with murmur2; a client may use another key, or none): its events on
-``orders.events``, its answers and rejects on ``orders.replies``.
-
-Backpressure: each saga runs in its own task, counted against ``KAFKA_SAGA_MAX_IN_FLIGHT``
-(:mod:`kafka_saga.bus.inflight`); a commands partition at its share of the bound is paused
-and the backlog waits in Kafka. ``orders.replies`` is never paused, so the answers a running
-saga waits for never queue behind new orders. The inventory deadline counts from the
-broker's acknowledgement of the request, and expires only once this process has read
-``orders.replies`` up to where it ended at the deadline: an answer that arrived while we
-were busy is not the participant being late. A sweeper restarts any unfinished saga left
-without a task, so no saga stays pending forever.
+Every transition goes out as an event before the saga moves on, acknowledged before the saga
+waits on the inventory or reports an end; steps repeated after a crash are idempotent.
+A partition's sagas are a state store (:class:`~kafka_saga.core.sagabook.SagaBook`) on the
+shared loop: written to the orchestrator's changelog at each checkpoint, restored from it on
+assignment together with the tail of ``orders.events`` written since that checkpoint, then
+every unfinished saga resumes. Each saga runs in its own task, bounded by
+``KAFKA_SAGA_MAX_IN_FLIGHT`` (a commands partition at its share is paused; replies never
+are). The inventory deadline counts from the request's acknowledgement and expires only once
+``orders.replies`` was read up to where it ended then. A sweeper restarts any unfinished saga
+left without a task. Details: docs/architecture.md and docs/backpressure.md.
 """
 
 from __future__ import annotations
@@ -40,21 +29,31 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from .. import logs
-from ..bus.follow import read_topic
+from ..bus.fence import Fence, Fenced
 from ..bus.inflight import InFlight
-from ..bus.loop import Subscription, consume_workers
-from ..config import ConfigError
+from ..bus.loop import consume_workers, wait_unless_stopped
+from ..bus.transactions import bind
 from ..core.catalog import Catalog
-from ..core.contracts import Command, CommandType, Event, EventType, InventoryRequest, Step, new_id
-from ..core.finished import FinishedSagas, SagaRestore, settled
+from ..core.contracts import (
+    REPLY_PARTITION,
+    Command,
+    CommandType,
+    Event,
+    EventType,
+    InventoryRequest,
+    Step,
+    new_id,
+)
+from ..core.finished import settled
 from ..core.payment import APPROVED, SimulatedGateway, TransientPaymentError
 from ..core.saga import FAILED, REJECTED, Ending, Saga, validate
+from ..core.sagabook import SagaBook
 from .answers import Answers
 from .base import Role
-from .inventory import REPLY_PARTITION, InventoryParticipant
-from .inventory import SOURCE as INVENTORY_SOURCE
+from .saga_books import SagaBooks, partition_of
 
 log = logs.get("orchestrator")
+ANSWERS = (CommandType.INVENTORY_RESERVED, CommandType.INVENTORY_REFUSED)  # the participant's
 SWEEP_INTERVAL_S = 2.0
 
 
@@ -67,21 +66,17 @@ class OrchestratorRole(Role):
         self.bus = ctx.bus
         self.catalog = Catalog.load(settings.catalog_path)
         self.gateway = ctx.shared.get("payment_gateway") or SimulatedGateway(settings.payment_failure_rate)
-        self.inventory = InventoryParticipant(self.bus, self.catalog)
-        self.sagas: dict[str, Saga] = {}  # live: running, or being compensated by a late reject
-        self.partition_of: dict[str, int] = {}  # of the live sagas
-        self.by_command: dict[str, str] = {}  # of the live sagas
-        self.finished = FinishedSagas(settings.finished_sagas_max)  # packed, bounded
-        self.restored = 0  # sagas rebuilt from orders.events, in all (finished or not)
+        self.books = SagaBooks(self.bus, settings.state_window)  # the sagas, per partition
         self.runners: dict[str, asyncio.Task[None]] = {}
         self.answers = Answers(self.bus)  # participant answers awaited by running sagas
         self.limit = InFlight(settings.max_in_flight, topics=(self.bus.topics.commands,))
+        self.fence = Fence(settings.session_timeout_ms / 3000)
 
     # --- commands ----------------------------------------------------------------------
-    async def on_command(self, command: Command, record: Any) -> None:
+    async def on_command(self, command: Command, record: Any, book: SagaBook) -> None:
         if record.topic == self.bus.topics.replies:
             self.answers.seen(record)
-            if command.metadata.get("source") == INVENTORY_SOURCE:
+            if command.type in ANSWERS:
                 self.answers.deliver(command)
                 return
             if command.type is not CommandType.ORDER_REJECT:
@@ -90,31 +85,29 @@ class OrchestratorRole(Role):
                             type=command.type.value)
                 return
         if command.type is CommandType.ORDER_CREATE:
-            await self.create(command, record)
+            await self.create(command, record, book)
         elif command.type is CommandType.ORDER_REJECT:
-            await self.reject(command)
+            await self.reject(command, book)
         else:
-            log.warning("command ignored: OrderApprove is only a participant's answer",
-                        order_id=command.snapshot.order_id, saga_id=command.saga_id)
+            log.warning("command ignored: only OrderCreate and OrderReject go on commands",
+                        order_id=command.snapshot.order_id, saga_id=command.saga_id,
+                        type=command.type.value)
 
-    async def create(self, command: Command, record: Any) -> None:
-        if (command.saga_id in self.sagas or command.saga_id in self.finished
-                or command.command_id in self.by_command
-                or self.finished.knows_command(command.command_id)):
+    async def create(self, command: Command, record: Any, book: SagaBook) -> None:
+        if book.knows(command):
             log.info("duplicate command ignored", command_id=command.command_id,
                      saga_id=command.saga_id, order_id=command.snapshot.order_id)
             return
         saga = Saga(command.saga_id, command.snapshot, command.command_id,
                     origin=(record.partition, record.offset))
-        self._register(saga, record.partition)
         await self.emit(saga, saga.event(EventType.ORDER_CREATED, Step.VALIDATION, metadata={
             "command_partition": str(record.partition), "command_offset": str(record.offset)}),
             flush=False)
         self.start(saga)
 
-    async def reject(self, command: Command) -> None:
+    async def reject(self, command: Command, book: SagaBook) -> None:
         reason = command.metadata.get("reason") or "rejected"
-        saga = self.sagas.get(command.saga_id) or self._revive(command, reason)
+        saga = book.live.get(command.saga_id) or self._revive(command, book, reason)
         if saga is None:
             return
         ending = saga.ending or saga.reject_request(reason)
@@ -130,29 +123,32 @@ class OrchestratorRole(Role):
                  reason=reason, was=saga.status)
         await self.finish(saga, ending)
 
-    def _revive(self, command: Command, reason: str) -> Saga | None:
+    def _revive(self, command: Command, book: SagaBook, reason: str) -> Saga | None:
         """The finished saga a reject still changes (an approved one), live again until it ends."""
-        done = self.finished.get(command.saga_id)
+        done = book.finished.get(command.saga_id)
         if done is None:
-            log.warning("reject for an unknown saga ignored", saga_id=command.saga_id,
+            log.warning("reject refused: unknown saga, or finished longer ago than the state "
+                        "window (KAFKA_SAGA_STATE_WINDOW) remembers", saga_id=command.saga_id,
                         order_id=command.snapshot.order_id, reason=reason)
-        elif done.saga is None:
+            return None
+        if done.saga is None:
             log.info("reject ignored: saga already ended", saga_id=command.saga_id,
                      order_id=command.snapshot.order_id, status=done.status)
-        else:
-            self._register(done.saga, done.partition)
-        return done.saga if done else None
+            return None
+        return book.revive(command.saga_id)
 
     # --- the saga itself ---------------------------------------------------------------
     def start(self, saga: Saga) -> None:
-        if saga.saga_id not in self.runners and not saga.terminal:
+        if saga.saga_id not in self.runners and not saga.terminal and partition_of(saga) in self.books.owned:
             runner = asyncio.create_task(self.drive(saga), name=f"saga:{saga.saga_id}")
             self.runners[saga.saga_id] = runner
-            partition = TopicPartition(self.bus.topics.commands, self.partition_of.get(saga.saga_id, -1))
+            partition = TopicPartition(self.bus.topics.commands, partition_of(saga))
             self.limit.begin(partition)
             runner.add_done_callback(lambda _task: self.limit.end(partition))
 
     async def drive(self, saga: Saga) -> None:
+        # exactly-once: the saga's records join its commands partition's transaction
+        bind(self.bus, TopicPartition(self.bus.topics.commands, partition_of(saga)))
         try:
             while not saga.terminal:
                 if saga.ending is not None:  # resumed half-way through its compensations
@@ -173,6 +169,9 @@ class OrchestratorRole(Role):
                     await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.FINALIZE))
         except asyncio.CancelledError:
             raise
+        except Fenced:
+            log.info("saga held: this process may have lost its partition", saga_id=saga.saga_id,
+                     order_id=saga.order_id)
         except Exception as exc:  # noqa: BLE001 - the sweeper resumes the saga
             log.error("saga step failed, will resume", saga_id=saga.saga_id, order_id=saga.order_id,
                       error=f"{type(exc).__name__}: {exc}")
@@ -190,6 +189,7 @@ class OrchestratorRole(Role):
         while True:  # a plain loop: a decorator built per saga cost more than the step itself
             tries += 1
             try:
+                await self.fence.owned()  # never charge for a saga this process may have lost
                 async with asyncio.timeout(settings.payment_timeout_s):
                     outcome = await self.gateway.charge(saga.saga_id, saga.snapshot)
                 break
@@ -222,11 +222,12 @@ class OrchestratorRole(Role):
             return
         snap = saga.snapshot
         request = InventoryRequest(new_id(), saga.saga_id, snap.order_id, snap.item, snap.quantity, "reserve")
-        partition = self.partition_of.get(saga.saga_id, -1)
+        partition = partition_of(saga)
         headers = [(REPLY_PARTITION, str(partition).encode())] if partition >= 0 else []
         for attempt in range(1, settings.inventory_max_tries + 1):
             waiter = self.answers.expect(saga.saga_id)
             try:
+                await self.fence.owned()
                 await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(),
                                                       request.key, headers)
                 approved, reason = await self.answers.wait(waiter, partition, settings.inventory_timeout_s)
@@ -252,6 +253,7 @@ class OrchestratorRole(Role):
             if step is Step.INVENTORY:
                 await self.release(saga)
             else:
+                await self.fence.owned()
                 await self.gateway.refund(saga.saga_id, saga.snapshot)
             await self.emit(saga, saga.compensation_event(step, ending))
         await self.emit(saga, saga.terminal_event(ending))
@@ -259,15 +261,18 @@ class OrchestratorRole(Role):
     async def release(self, saga: Saga) -> None:
         snap = saga.snapshot
         request = InventoryRequest(new_id(), saga.saga_id, snap.order_id, snap.item, snap.quantity, "release")
+        await self.fence.owned()
         await self.bus.producer.send(self.bus.topics.inventory, request.encode(), request.key)
 
     async def emit(self, saga: Saga, event: Event, flush: bool = True) -> None:
         """Record a transition: apply it, publish it to the saga's partition of orders.events
-        (its command's: where its owner restores it from), and (by default) wait until durable."""
+        (its command's), then note it in the saga's book; (by default) wait until durable.
+        The book notes it only once the event is handed to the producer: a checkpoint never
+        holds a state whose event could still be lost."""
+        await self.fence.owned()  # a paused process writes nothing until it knows it may
         if not saga.apply(event) and event.type is not EventType.ORDER_CREATED:
             return
-        await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key,
-                                     partition=self._partition(saga))
+        await self.books.publish(saga, event, partition_of(saga))
         if flush:
             await self.bus.producer.flush()
         # terminal outcomes at info; the steps in between at debug (hot path: ~5 per order)
@@ -276,7 +281,7 @@ class OrchestratorRole(Role):
             order_id=saga.order_id, retry_count=event.retry_count,
             **({"reason": event.error_message} if event.error_message else {}))
         if settled(saga):
-            self._retire(saga)
+            self.gateway.forget(saga.saga_id)
 
     async def dead_letter(self, saga: Saga, reason: str, error: str) -> None:
         """Send the saga's original command to the DLQ (rebuilt from the saga's own record)."""
@@ -286,73 +291,36 @@ class OrchestratorRole(Role):
         origin = types.SimpleNamespace(topic=self.bus.topics.commands, partition=partition,
                                        offset=offset, key=command.key, value=command.encode(),
                                        headers=[])
+        await self.fence.owned()
         await self.bus.producer.send_to_dlq(origin, reason, error, self.name, saga.retry_count)
 
-    # --- ownership and memory ----------------------------------------------------------
-    def _partition(self, saga: Saga) -> int | None:
-        """The partition owning ``saga``: its command's (None, by key, only when unknown)."""
-        partition = self.partition_of.get(saga.saga_id, saga.origin[0] if saga.origin else -1)
-        return partition if partition >= 0 else None
-
-    def _register(self, saga: Saga, partition: int) -> None:
-        self.sagas[saga.saga_id] = saga
-        self.partition_of[saga.saga_id] = partition
-        if saga.command_id:
-            self.by_command[saga.command_id] = saga.saga_id
-
-    def _retire(self, saga: Saga) -> None:
-        """A finished saga is packed (for duplicates and late rejects), up to a bound."""
-        partition = self.partition_of.get(saga.saga_id, -1)
-        self._forget(saga.saga_id)
-        self.gateway.forget(saga.saga_id)
-        self.finished.add(saga, partition)
-
-    def _forget(self, saga_id: str) -> None:
-        saga = self.sagas.pop(saga_id, None)
-        self.partition_of.pop(saga_id, None)
-        if saga is not None:
-            self.by_command.pop(saga.command_id, None)
-
+    # --- ownership ----------------------------------------------------------------------
     async def assigned(self, _consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:
-        topics = self.bus.topics
         for tp, offset in committed.items():
-            if tp.topic == topics.replies:
+            if tp.topic == self.bus.topics.replies:
                 self.answers.assigned(tp.partition, offset)
-        partitions = sorted(tp.partition for tp in committed if tp.topic == topics.commands)
-        restore = SagaRestore(self.ctx.settings.finished_sagas_max)
-
-        def apply(record: Any) -> None:
-            try:
-                restore.feed(Event.decode(record.value), record.partition)
-            except ValueError as exc:  # one bad record must not stop the restore of the others
-                log.warning("event skipped during restore", partition=record.partition,
-                            offset=record.offset, error=str(exc)[:200])
-
-        await read_topic(self.bus, self.bus.topics.events, apply, partitions=partitions)
-        for saga, partition in restore.unfinished.values():  # registered only once complete:
-            self._register(saga, partition)  # no half-built saga runs
-        self.finished.merge(restore.finished)
-        self.restored += restore.sagas
-        unfinished = [s for s, _ in restore.unfinished.values() if not s.terminal]
-        for saga in unfinished:
-            self.start(saga)
-        log.info("sagas restored from orders.events", partitions=partitions,
-                 sagas=restore.sagas, finished=len(restore.finished), resumed=len(unfinished))
+        books = await self.books.assigned(committed)
+        resumed = 0
+        for book in books:
+            for saga in list(book.live.values()):
+                if not saga.terminal or saga.ending is not None:
+                    self.start(saga)
+                    resumed += 1
+        log.info("sagas resumed", partitions=sorted(b.partition for b in books), resumed=resumed)
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
-        lost = {tp.partition for tp in partitions if tp.topic == self.bus.topics.commands}
+        lost = self.books.revoked(partitions)
         for tp in partitions:
             if tp.topic == self.bus.topics.replies:
                 self.answers.revoked(tp.partition)
-        for saga_id in [s for s, p in self.partition_of.items() if p in lost]:
-            runner = self.runners.pop(saga_id, None)
-            if runner is not None:
+        for saga_id, runner in list(self.runners.items()):
+            saga = self.books.live(saga_id)
+            if saga is None or partition_of(saga) in lost:
+                self.runners.pop(saga_id, None)
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
-            self._forget(saga_id)
-        self.finished.remove_partitions(lost)
         # what the stopped runners already sent must be durable before the next owner
-        # restores these sagas from orders.events, or it would redo those steps
+        # restores these sagas (changelog, then the events tail), or it would redo those steps
         await self.bus.producer.flush()
 
     async def sweep(self, stop: asyncio.Event) -> None:
@@ -363,50 +331,44 @@ class OrchestratorRole(Role):
         """
         suspects: set[str] = set()
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
-            except TimeoutError:
-                idle = {s.saga_id for s in self.sagas.values()
-                        if not s.terminal and s.saga_id not in self.runners}
+            if not await wait_unless_stopped(stop, SWEEP_INTERVAL_S):
+                live = self.books.owned_live()
+                idle = {i for i, s in live.items() if not s.terminal and i not in self.runners}
                 for saga_id in idle & suspects:
-                    saga = self.sagas[saga_id]
+                    saga = live[saga_id]
                     log.warning("resuming a stalled saga", saga_id=saga_id, order_id=saga.order_id)
                     self.start(saga)
                 suspects = idle
 
-    async def check_partitions(self) -> None:
-        """A saga's partition number is used on all three topics: their counts must be equal
-        (a :class:`ConfigError` stops the process; no restart can fix it)."""
-        topics = self.bus.topics
-        counts = {t: len(await self.bus.partitions(t))
-                  for t in (topics.commands, topics.events, topics.replies)}
-        if len(set(counts.values())) > 1:
-            raise ConfigError(", ".join(f"{t} has {n} partitions" for t, n in counts.items())
-                              + ": the orchestrator needs the same count on all three (a saga's "
-                              "events and replies go to its command's partition number)")
-
     async def run(self, stop: asyncio.Event) -> None:
-        await self.check_partitions()
-        topics, workers = self.bus.topics, self.ctx.options.workers
-        commands = Subscription("orchestrator", (topics.commands, topics.replies),
-                                topics.group("orchestrator"), Command.decode, self.on_command,
-                                on_assigned=self.assigned, on_revoked=self.revoked,
-                                in_flight=self.limit,
-                                # co-partitioned: partition N of both topics to the same member
-                                consumer_options={"partition_assignment_strategy":
-                                                  (RangePartitionAssignor,)})
+        self.fence.refused = self.bus.metrics.fenced.labels(role=self.name)
+        topics = self.bus.topics  # a saga's partition number is used on all three
+        await self.bus.require_copartitioned(
+            (topics.commands, topics.events, topics.replies),
+            "the orchestrator needs the same count on all three (a saga's events and replies "
+            "go to its command's partition number)")
+        commands = self.subscription(
+            "orchestrator", Command.decode, self.on_command, state=self.books.states,
+            on_assigned=self.assigned, on_revoked=self.revoked, in_flight=self.limit,
+            fence=self.fence,
+            # co-partitioned: partition N of both topics to the same member
+            consumer_options={"partition_assignment_strategy": (RangePartitionAssignor,)})
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(consume_workers(self.bus, self.inventory.subscription(), stop, workers))
-                group.create_task(consume_workers(self.bus, commands, stop, workers))
+                group.create_task(consume_workers(self.bus, commands, stop, self.ctx.options.workers))
                 group.create_task(self.sweep(stop))
+                group.create_task(self.fence.run(stop))
         finally:
             for runner in list(self.runners.values()):
                 runner.cancel()
             await asyncio.gather(*self.runners.values(), return_exceptions=True)
 
     def health(self) -> dict[str, Any]:
-        active = sum(1 for s in self.sagas.values() if not s.terminal)
-        return {"active_sagas": active, "finished_sagas": len(self.finished), "restored": self.restored,
-                "running": len(self.runners), "backpressure": self.limit.describe(),
-                "stock": self.inventory.stock()}
+        books = list(self.books.states.values())
+        active = sum(1 for b in books for s in b.live.values() if not s.terminal)
+        return {"active_sagas": active, "finished_sagas": sum(len(b.finished) for b in books),
+                "restored": self.books.restored, "running": len(self.runners),
+                "backpressure": self.limit.describe(),
+                "fence": {"state": self.fence.state, "pauses": self.fence.pauses,
+                          "refused": self.fence.fenced}}
+

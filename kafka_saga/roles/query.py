@@ -7,10 +7,10 @@ import ipaddress
 from typing import Any
 
 from .. import logs
+from ..api.app import create_app
 from ..core.catalog import Catalog
-from ..query.app import create_app
+from ..observation.http import HttpServer
 from ..query.readmodel import ReadModel
-from ..runtime.http import HttpServer
 from .base import Role
 
 log = logs.get("query")

@@ -16,6 +16,7 @@ from .. import logs
 from ..bus.client import Bus
 from ..bus.embedded import EmbeddedBroker
 from ..bus.kafka_engine import KafkaCluster
+from ..bus.loop import wait_unless_stopped
 
 log = logs.get("broker-watch")
 EXIT_BROKER_DIED = 4
@@ -53,10 +54,7 @@ class BrokerWatch:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+            if await wait_unless_stopped(stop, self.interval_s):
                 return
-            except TimeoutError:
-                pass
             if await self.check() == "died":
                 return

@@ -18,10 +18,10 @@ import gc
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ..config import ConfigError
+from ..config import EVENT_LOOPS, ConfigError
 
 T = TypeVar("T")
-CHOICES = ("auto", "asyncio", "uvloop")
+CHOICES = EVENT_LOOPS
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -10,8 +10,9 @@ from dataclasses import replace
 
 from .. import logs
 from ..bus.client import Bus
-from ..bus.embedded import EmbeddedBroker, free_port, port_is_free
-from ..bus.kafka_engine import KafkaCluster, free_port_pair
+from ..bus.embedded import EmbeddedBroker
+from ..bus.kafka_engine import KafkaCluster
+from ..bus.ports import free_port, free_port_pair, port_is_free
 from ..config import Settings
 from ..roles.base import RoleContext
 from .broker_watch import BrokerWatch
@@ -37,7 +38,7 @@ async def broker_for(settings: Settings) -> AsyncIterator[tuple[str, LocalBroker
     if settings.engine == "kafka":
         if not port_is_free(port + 1):
             port = free_port_pair()
-        node = KafkaCluster(settings.kafka_data_dir, nodes=1, port=port)
+        node = KafkaCluster.for_settings(settings, settings.kafka_data_dir, nodes=1, port=port)
         await node.start()
         log.info("using a local Apache Kafka node (durable)", bootstrap=node.bootstrap,
                  data_dir=str(node.data_dir))
@@ -46,7 +47,7 @@ async def broker_for(settings: Settings) -> AsyncIterator[tuple[str, LocalBroker
         finally:
             node.stop()
         return
-    broker = EmbeddedBroker(port)
+    broker = EmbeddedBroker(port, log_level=settings.tansu_log)
     await broker.start()
     log.info("using embedded Tansu broker (memory-only: data is lost when it stops)",
              bootstrap=broker.bootstrap, pid=broker.process.pid if broker.process else None)
@@ -79,8 +80,8 @@ class Platform:
 
     async def run(self, on_ready: Callable[[Platform], None] | None = None) -> int:
         async with broker_for(self.settings) as (bootstrap, embedded):
-            self.settings = replace(self.settings, bootstrap_servers=bootstrap)
-            bus = self.bus = Bus(self.settings, bootstrap)
+            self.settings = replace(self.settings, bootstrap_servers=bootstrap)  # settled here, once
+            bus = self.bus = Bus(self.settings)
             await bus.ensure_topics()
             await bus.start()
             try:

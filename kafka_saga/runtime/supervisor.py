@@ -25,11 +25,13 @@ from collections import deque
 from typing import Any
 
 from .. import logs
+from ..bus.loop import wait_unless_stopped
 from ..config import ROLE_ORDER, ConfigError
+from ..observation.http import HttpServer, metrics_app
+from ..observation.progress import OWNER
 from ..roles import ROLES
 from ..roles.base import Role, RoleContext
-from .http import HttpServer, metrics_app
-from .watchdog import OWNER, Stall, Watchdog
+from .watchdog import Stall, Watchdog
 
 log = logs.get("supervisor")
 CRASH_LOOP_EXIT = 3
@@ -196,10 +198,7 @@ class Supervisor:
                     self.request_stop()
                     break
                 log.info("restarting role", role=name, in_s=round(delay, 2))
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                await wait_unless_stopped(stop, delay)
                 delay = min(delay * 2, 30.0)
         metrics.role_state[name] = "stopped"
 

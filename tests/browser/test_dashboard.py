@@ -44,7 +44,7 @@ async def dashboard(playwright_api, url: str):
 
 async def test_an_order_appears_and_reaches_its_terminal_state_on_the_page(platform, bus):
     playwright_api = pytest.importorskip("playwright.async_api", reason="playwright not installed")
-    await platform.start("orchestrator", "tracker", "aggregator", "dlq", "query")
+    await platform.start("orchestrator", "inventory", "inventory", "tracker", "aggregator", "dlq", "query")
     async with dashboard(playwright_api, platform.url) as page:
         command = order(user="client42", item="latte", quantity=2)
         await submit(bus, command)
@@ -58,6 +58,9 @@ async def test_an_order_appears_and_reaches_its_terminal_state_on_the_page(platf
         approved = await page.inner_text("#n-approved")
         assert int(approved) >= 1
         assert await page.inner_text("#breaker") == "closed"
+        # the guarantee in force, shown in the header
+        expected = "at-least-once"  # the default (exactly-once is opt-in: KAFKA_SAGA_PROCESSING)
+        assert await page.inner_text("#processing") == expected
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
@@ -81,7 +84,7 @@ async def test_the_backpressure_panel_shows_the_bound_the_pauses_and_the_lag_of_
     playwright_api = pytest.importorskip("playwright.async_api", reason="playwright not installed")
     running = RunningPlatform(replace(settings, max_in_flight=BOUND))
     try:
-        await running.start("orchestrator", "tracker", "aggregator", "dlq", "query")
+        await running.start("orchestrator", "inventory", "inventory", "tracker", "aggregator", "dlq", "query")
         async with dashboard(playwright_api, running.url) as page:
             idle = await page.evaluate(PANEL)
             assert idle["limit"] == str(BOUND) and idle["inflight"] == "0", idle

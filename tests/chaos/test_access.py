@@ -31,12 +31,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from kafka_saga import cli, logs
+from kafka_saga.api.context import ADMIN_DISABLED
 from kafka_saga.bus.client import BrokerUnavailable, Bus
-from kafka_saga.bus.embedded import broker_binary, free_port
+from kafka_saga.bus.embedded import broker_binary
 from kafka_saga.bus.follow import read_topic
+from kafka_saga.bus.ports import free_port
 from kafka_saga.config import ConfigError, Settings
 from kafka_saga.core.contracts import REINJECTED_HEADER, Command, CommandType, headers_dict
-from kafka_saga.query.app import ADMIN_DISABLED
 
 from ..support.orders import order_events, produce, produce_events
 from ..support.platform import eventually
@@ -217,7 +218,7 @@ async def test_the_admin_token_and_sasl_password_never_reach_the_logs(platform, 
         secure = secure_settings(settings)
         assert SASL_PASSWORD not in repr(secure) and TOKEN not in repr(secure)
         with pytest.raises(BrokerUnavailable):  # the plain broker refuses the SASL handshake
-            await Bus(secure, settings.bootstrap_servers or "").start(timeout=1.5)
+            await Bus(secure).start(timeout=1.5)
         logs.get("test").info("secrets by name", sasl_password=SASL_PASSWORD, admin_token=TOKEN,
                               Authorization=bearer(), client_secret=TOKEN)
     out, err = capfd.readouterr()
@@ -249,7 +250,7 @@ async def test_sasl_settings_map_onto_aiokafka_options(mechanism, expected):
     env = security_env("SASL_PLAINTEXT", sasl_username="svc", sasl_password=SASL_PASSWORD)
     if mechanism:
         env["KAFKA_SASL_MECHANISM"] = mechanism
-    options = Bus(Settings.from_env(env), "k1:9092,k2:9092").options()
+    options = Bus(Settings.from_env({**env, "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"})).options()
     assert options == {"bootstrap_servers": "k1:9092,k2:9092", "security_protocol": "SASL_PLAINTEXT",
                        "sasl_mechanism": expected, "sasl_plain_username": "svc",
                        "sasl_plain_password": SASL_PASSWORD}
@@ -259,7 +260,8 @@ async def test_sasl_settings_map_onto_aiokafka_options(mechanism, expected):
 
 
 def test_plaintext_is_the_default_and_carries_no_credentials():
-    options = Bus(Settings.from_env({"KAFKA_SASL_PASSWORD": SASL_PASSWORD}), "k:9092").options()
+    options = Bus(Settings.from_env({"KAFKA_SASL_PASSWORD": SASL_PASSWORD,
+                                     "KAFKA_BOOTSTRAP_SERVERS": "k:9092"})).options()
     assert options == {"bootstrap_servers": "k:9092", "security_protocol": "PLAINTEXT"}
 
 
@@ -287,14 +289,14 @@ def test_tls_settings_build_a_verifying_context_with_the_client_certificate(prot
     env = security_env(protocol, ssl_cafile=tls_files["ca.pem"], ssl_certfile=tls_files["client.pem"],
                        ssl_keyfile=tls_files["client.key"], ssl_key_password="key-secret",
                        sasl_mechanism="SCRAM-SHA-256", sasl_username="svc", sasl_password="pw")
-    options = Bus(Settings.from_env(env), "k:9093").options()
+    options = Bus(Settings.from_env(env)).options()
     context = options.pop("ssl_context")
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname and context.get_ca_certs()[0]["subject"] == (
         (("commonName", "kafka-saga-test-ca"),),)
     assert options["security_protocol"] == protocol
     assert ("sasl_mechanism" in options) == (protocol == "SASL_SSL")
-    no_ca = Bus(Settings.from_env(security_env("SSL")), "k:9093").options()["ssl_context"]
+    no_ca = Bus(Settings.from_env(security_env("SSL"))).options()["ssl_context"]
     assert no_ca.verify_mode == ssl.CERT_REQUIRED  # the system's CAs
 
 
@@ -310,14 +312,14 @@ def test_tls_settings_build_a_verifying_context_with_the_client_certificate(prot
 ])
 def test_unusable_security_settings_are_configuration_errors(env, words):
     with pytest.raises(ConfigError, match=words):
-        Bus(Settings.from_env(env), "k:9092").options()
+        Bus(Settings.from_env(env)).options()
 
 
 def test_a_wrong_key_password_is_a_configuration_error(tls_files):
     env = security_env("SSL", ssl_certfile=tls_files["client.pem"], ssl_keyfile=tls_files["client.key"],
                        ssl_key_password="not-the-password")
     with pytest.raises(ConfigError, match="TLS files") as info:
-        Bus(Settings.from_env(env), "k:9092").options()
+        Bus(Settings.from_env(env)).options()
     assert "not-the-password" not in str(info.value)
 
 
@@ -359,7 +361,7 @@ async def test_a_broker_requiring_sasl_refuses_clients_without_valid_credentials
 
         def bus_with(**security: Any) -> Bus:
             settings = replace(base, security=replace(base.security, **security))
-            return Bus(settings, f"127.0.0.1:{port}")
+            return Bus(replace(settings, bootstrap_servers=f"127.0.0.1:{port}"))
 
         for refused in (bus_with(), bus_with(protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                                              sasl_username="svc", sasl_password=SASL_PASSWORD)):

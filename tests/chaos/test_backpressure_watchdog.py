@@ -36,14 +36,14 @@ async def test_a_paused_orchestrator_whose_sagas_finish_is_never_stalled(setting
     local = replace(settings, max_in_flight=12, stall_threshold_s=2.0, watchdog_interval_s=0.25)
     running = RunningPlatform(local)
     try:
-        platform = await running.start("orchestrator")
+        platform = await running.start("orchestrator", "inventory")
         orders = slow_orders(480, 250)  # 12 in flight x 250 ms each: ~10 s of paused partitions
         await asyncio.to_thread(write_with_foreign_client, local.bootstrap_servers,
                                 platform.bus.topics.commands, orders)
 
         async def drained() -> bool:
             role = platform.supervisor.current["orchestrator"]
-            return len(role.finished) >= len(orders)
+            return role.health()["finished_sagas"] >= len(orders)
 
         samples = await _sample_while(running, drained)
         paused = [s for s in samples if s["backpressure"]["paused"]]
@@ -60,7 +60,7 @@ async def test_sagas_that_stop_finishing_during_a_burst_are_a_stall(settings):
                     payment_timeout_s=3600.0)
     running = RunningPlatform(local)
     try:
-        platform = await running.start("orchestrator")
+        platform = await running.start("orchestrator", "inventory")
         orders = slow_orders(200, 3_600_000)  # the payment gateway never answers
         await asyncio.to_thread(write_with_foreign_client, local.bootstrap_servers,
                                 platform.bus.topics.commands, orders)

@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.embedded import broker_binary, free_port, wait_until_ready
+from kafka_saga.bus.embedded import broker_binary, wait_until_ready
 from kafka_saga.bus.follow import read_topic
+from kafka_saga.bus.ports import free_port
 from kafka_saga.core.contracts import Event
 from kafka_saga.replay import compare, fetch_live, replay_events
 
@@ -42,7 +43,7 @@ async def proxied(settings):
     await proxy.start()
     await wait_until_ready(f"127.0.0.1:{via}")
     local = replace(settings, bootstrap_servers=f"127.0.0.1:{via}")
-    bus = Bus(local, local.bootstrap_servers or "")
+    bus = Bus(local)
     await bus.ensure_topics()
     try:
         yield local, proxy, bus
@@ -117,7 +118,7 @@ async def test_a_15s_cut_mid_run_opens_the_breaker_and_loses_nothing(proxied, tm
     settings, proxy, bus = proxied
     port = free_port()
     log_path = str(tmp_path / "run.log")
-    proc = spawn(settings, "orchestrator,tracker,aggregator,dlq,query,demo", log_path,
+    proc = spawn(settings, "orchestrator,inventory,tracker,aggregator,dlq,query,demo", log_path,
                  QUERY_API_PORT=str(port), DEMO_RATE="150", DEMO_COUNT=str(ORDERS))
     started = time.monotonic()
     try:
@@ -160,7 +161,7 @@ async def test_a_cut_at_start_up_waits_and_retries(proxied, tmp_path):
     settings, proxy, bus = proxied
     await proxy.cut()
     log_path = str(tmp_path / "run.log")
-    proc = spawn(settings, "orchestrator,aggregator,demo", log_path, DEMO_RATE="100",
+    proc = spawn(settings, "orchestrator,inventory,aggregator,demo", log_path, DEMO_RATE="100",
                  DEMO_COUNT="200")
     try:
         await asyncio.sleep(8)
@@ -179,7 +180,7 @@ async def test_a_cut_at_start_up_waits_and_retries(proxied, tmp_path):
 async def test_a_slow_link_only_slows_things_down(proxied, tmp_path):
     settings, proxy, bus = proxied
     proxy.delay_s = 0.02
-    proc = spawn(settings, "orchestrator,aggregator,demo", str(tmp_path / "run.log"),
+    proc = spawn(settings, "orchestrator,inventory,aggregator,demo", str(tmp_path / "run.log"),
                  DEMO_RATE="100", DEMO_COUNT="300")
     try:
         found = await eventually(lambda: all_demo_orders_ended(bus, 300), timeout=180,

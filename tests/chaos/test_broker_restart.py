@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.embedded import EmbeddedBroker, free_port
+from kafka_saga.bus.embedded import EmbeddedBroker
+from kafka_saga.bus.ports import free_port
 from kafka_saga.runtime.broker_watch import EXIT_BROKER_DIED, BrokerWatch
 
 from ..support.orders import produce_events, random_orders
@@ -66,7 +67,7 @@ async def _users(running, count):
 async def test_an_embedded_broker_that_dies_stops_the_process_with_a_clear_code(settings):
     broker = EmbeddedBroker()
     await broker.start()
-    bus = Bus(replace(settings, bootstrap_servers=broker.bootstrap), broker.bootstrap)
+    bus = Bus(replace(settings, bootstrap_servers=broker.bootstrap))
     await bus.ensure_topics()
     codes: list[int] = []
     watch = BrokerWatch(bus, broker, codes.append, interval_s=0.1)

@@ -63,7 +63,7 @@ async def _settled(watch: Watch, quiet_s: float = 4.0, timeout: float = 60) -> N
 @pytest.mark.parametrize("keying", list(KEYS))
 async def test_foreign_partitioner_crash_and_rebalance_run_each_saga_once(settings, tmp_path, keying):
     settings = replace(settings, partitions=PARTITIONS)
-    bus = Bus(settings, settings.bootstrap_servers or "")
+    bus = Bus(settings)
     await bus.ensure_topics()
     await bus.start()
     watch = Watch(bus)
@@ -74,7 +74,7 @@ async def test_foreign_partitioner_crash_and_rebalance_run_each_saga_once(settin
 
     def spawn() -> None:
         paths.append(next(logs))
-        procs.append(spawn_runtime(settings, paths[-1], roles="orchestrator", **env))
+        procs.append(spawn_runtime(settings, paths[-1], roles="orchestrator,inventory", **env))
 
     def split() -> bool:  # every live process holds commands partitions, all of them held once
         owned = [owned_partitions(p, bus.topics.commands)

@@ -26,9 +26,9 @@ import pytest
 import pytest_asyncio
 from yarl import URL
 
+from kafka_saga.api import app as query_app
 from kafka_saga.config import Settings
-from kafka_saga.query import app as query_app
-from kafka_saga.runtime import http as runtime_http
+from kafka_saga.observation import http as observation_http
 
 from ..support.orders import order_events, produce, produce_events
 from ..support.platform import RunningPlatform, eventually
@@ -66,7 +66,7 @@ async def server(broker) -> AsyncIterator[Server]:
     running = RunningPlatform(config)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(query_app, "BODY_TIMEOUT_S", BODY_TIMEOUT_S)
-        patch.setattr(runtime_http, "IDLE_TIMEOUT_S", IDLE_TIMEOUT_S)
+        patch.setattr(observation_http, "IDLE_TIMEOUT_S", IDLE_TIMEOUT_S)
         platform = await running.start("aggregator", "query")
     try:
         events = [e for o in ("approved", "rejected", "pending")

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from kafka_saga.bus.embedded import free_port
+from kafka_saga.bus.ports import free_port
 from kafka_saga.replay import compare, fetch_live, replay_events
 
 from ..integration.test_crash import mixed_orders
@@ -21,7 +21,7 @@ from .test_broker_faults import all_demo_orders_ended, check_exactly_once, sagas
 
 pytestmark = pytest.mark.chaos
 SOAK_S = float(os.environ.get("CHAOS_SOAK_S", "45"))
-ALL_BUT_DEMO = "orchestrator,tracker,aggregator,dlq,query"
+ALL_BUT_DEMO = "orchestrator,inventory,tracker,aggregator,dlq,query"
 
 
 async def test_sigterm_under_load_exits_zero_quickly_and_loses_nothing(settings, bus, tmp_path):

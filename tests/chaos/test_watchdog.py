@@ -13,13 +13,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.embedded import free_port
 from kafka_saga.bus.loop import Subscription, consume_workers
+from kafka_saga.bus.ports import free_port
 from kafka_saga.config import RoleOptions, Settings
+from kafka_saga.observation.metrics import Metrics
+from kafka_saga.observation.progress import Progress, is_stalled
 from kafka_saga.roles.base import Role, RoleContext
-from kafka_saga.runtime.metrics import Metrics
 from kafka_saga.runtime.supervisor import Supervisor
-from kafka_saga.runtime.watchdog import Progress, Watchdog, is_stalled
+from kafka_saga.runtime.watchdog import Watchdog
 
 from ..support.orders import produce
 from ..support.platform import eventually
@@ -133,7 +134,7 @@ class Stubborn(Role):
 async def test_supervisor_abandons_a_role_that_ignores_cancellation_and_restarts_it():
     Stubborn.starts, Stubborn.release = 0, asyncio.Event()
     settings = Settings.from_env({})
-    bus = Bus(settings, "127.0.0.1:1")
+    bus = Bus(replace(settings, bootstrap_servers="127.0.0.1:1"))
     supervisor = Supervisor(lambda _n: RoleContext(bus, settings, RoleOptions(), {}), ["stubborn"],
                             roles={"stubborn": Stubborn}, first_backoff_s=0.05,
                             stall_threshold_s=0.3, watchdog_interval_s=0.05,

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.embedded import free_port
 from kafka_saga.bus.follow import read_topic
 from kafka_saga.bus.kafka_engine import KafkaCluster
+from kafka_saga.bus.ports import free_port
 from kafka_saga.config import Settings
 from kafka_saga.replay import fetch_live
 
@@ -63,7 +63,7 @@ class Scenario:
         self.settings = replace(Settings.from_env({}), bootstrap_servers=cluster.bootstrap,
                                 topic_prefix=f"c{uuid.uuid4().hex[:10]}.", partitions=6,
                                 query_port=free_port(), payment_failure_rate=0.0)
-        self.bus = Bus(self.settings, cluster.bootstrap)
+        self.bus = Bus(self.settings)
         self.runtime = Runtime(self.settings, tmp)
         self.commands = burst_orders(orders, tag=name[:1])
         self.ids = [c.snapshot.order_id for c in self.commands]
@@ -273,6 +273,7 @@ class Scenario:
             "lost_ids": lost[:5], "double_ids": double[:5], "outcomes": dict(outcome),
             "events": sum(len(trails.get(o, [])) for o in self.ids), "expected_events": len(TRAIL) * len(self.ids),
             "redelivered_records": redelivered, "redone_steps": redone,
+            "processing": self.bus.processing,
             "aggregate_orders": sum(live.values()) - 1, "aggregates_match": live == dict(expected),
             "replay_exit": replay.returncode, "replay_output": replay.stdout.strip().splitlines()[-3:],
             "dlq": dict(await dead_letters(self.bus)),
@@ -297,6 +298,7 @@ def report(line: dict[str, Any]) -> None:
     print(f"\n{line['scenario']}: {line['orders']} orders, lost {line['lost']}, double {line['double']}, "
           f"orders ended again {line['resumed_s']} s after the fault(s) (stalled {line['stall_s']} s), "
           f"breaker openings {line['breaker_openings']}, role restarts {line['role_restarts']}, "
+          f"{line['processing']}, records seen twice {line['redelivered_records']}, "
           f"replay exit {line['replay_exit']}, {line['seconds']} s in all")
     REPORT.parent.mkdir(exist_ok=True)
     with REPORT.open("a") as out:
@@ -314,6 +316,8 @@ def check(line: dict[str, Any]) -> None:
     assert line["lost"] == 0, line
     assert line["double"] == 0, line
     assert line["redone_steps"] == 0, line  # no saga step (payment included) run twice
+    if line["processing"] == "exactly_once":  # read_committed: no record of orders.events twice
+        assert line["redelivered_records"] == 0, line
     assert line["events"] >= line["expected_events"], line
     assert line["aggregates_match"], line
     assert line["replay_exit"] == 0, line

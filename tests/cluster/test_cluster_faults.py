@@ -92,3 +92,29 @@ async def test_the_runtime_and_a_broker_killed_together(cluster, tmp_path):
         await run.finish(load)
         verdict = await run.verdict()
     conclude(run, verdict)
+
+
+@pytest.mark.timeout(480)
+async def test_a_broker_cut_off_for_15_seconds(cluster, tmp_path):
+    """A network cut of one broker, as its peers and clients see it: the JVM frozen (SIGSTOP)
+    for 15 s, so its connections stay open and answer nothing, then thawed. It leads a
+    partition of orders.events and may coordinate transactions and groups: leadership moves,
+    the requests it held time out, and it rejoins as a follower."""
+    async with Scenario("broker-cut-15s", cluster, tmp_path, ORDERS, RATE) as run:
+        load = run.start_load()
+        await run.until_sent(ORDERS // 3)
+        node = await leader_of(cluster, run.bus.topics.events, 0)
+        await run.note_node(node)
+        process = cluster.node(node).process
+        assert process is not None
+        run.fault(f"SIGSTOP node {node} (leader of orders.events:0) for 15 s")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(15)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        run.fault(f"SIGCONT node {node}")
+        run.notes["cut_node"] = node
+        await run.finish(load)
+        verdict = await run.verdict()
+    conclude(run, verdict)

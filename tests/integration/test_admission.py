@@ -11,10 +11,10 @@ import jsonschema
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from kafka_saga.api import admission
 from kafka_saga.bus.client import Bus
 from kafka_saga.bus.embedded import EmbeddedBroker
 from kafka_saga.core.contracts import Command, CommandType, Snapshot, new_id
-from kafka_saga.query import admission
 
 from ..support.platform import RunningPlatform, eventually
 
@@ -99,7 +99,7 @@ async def test_above_the_limit_orders_get_503_until_the_backlog_drains(bus, sett
         status, _, body = await post_order(query, {**ORDER, "quantity": 0})
         assert status == 400, body  # an invalid request is still told so
 
-        await orchestrator.start("orchestrator")
+        await orchestrator.start("orchestrator", "inventory")
         await eventually(lambda: (backlog.rate or 0) > 0, timeout=60, what="a drain rate")
         await eventually(lambda: backlog.value is not None and backlog.value <= 50, timeout=60,
                          what="the backlog drained")
@@ -116,7 +116,7 @@ async def test_an_unreachable_broker_keeps_the_last_value_then_admits(settings):
     broker = EmbeddedBroker()
     await broker.start()
     own = replace(settings, bootstrap_servers=broker.bootstrap)
-    bus = Bus(own, broker.bootstrap)
+    bus = Bus(own)
     try:
         await bus.ensure_topics()
         await bus.start()

@@ -7,17 +7,17 @@ import subprocess
 from dataclasses import replace
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.bus.embedded import EmbeddedBroker, broker_binary, free_port, wait_until_ready
+from kafka_saga.bus.embedded import EmbeddedBroker, broker_binary, wait_until_ready
 from kafka_saga.bus.follow import read_topic
 from kafka_saga.bus.loop import Subscription, consume
-from kafka_saga.core.contracts import Event, EventType, Snapshot, Step, headers_dict
+from kafka_saga.bus.ports import free_port
+from kafka_saga.core.contracts import DLQ_HEADERS, Event, EventType, Snapshot, Step, headers_dict
 
 from ..support.orders import produce, produce_events
 from ..support.platform import eventually
 from ..support.proxy import TcpProxy
 
-DLQ_HEADER_NAMES = {"reason", "error", "origin-topic", "origin-partition", "origin-offset", "role",
-                    "published", "retry-count"}
+DLQ_HEADER_NAMES = set(DLQ_HEADERS)
 
 
 def _event(order_id: str, user: str = "client01") -> Event:
@@ -121,23 +121,23 @@ async def test_breaker_opens_while_the_broker_is_unreachable_and_closes_after(se
         await wait_until_ready(f"127.0.0.1:{proxy_port}")
         flaky = replace(settings, bootstrap_servers=f"127.0.0.1:{proxy_port}", breaker_fail_max=2,
                         breaker_reset_s=1.0, request_timeout_ms=1500, send_retry_max_s=60.0)
-        bus = Bus(flaky, flaky.bootstrap_servers or "")
+        bus = Bus(flaky)
         await bus.ensure_topics()
         await bus.start()
         try:
             await bus.producer.send_and_wait(bus.topics.events, b"{}", b"before")
-            assert bus.metrics.breaker_state == "closed"
+            assert bus.producer.breaker_state == "closed"
             await proxy.cut()
             for i in range(20):
                 await bus.producer.send(bus.topics.events, b"{}", f"during-{i}".encode())
             flush = asyncio.create_task(bus.producer.flush())
-            await eventually(lambda: bus.metrics.breaker_state == "open", timeout=30,
+            await eventually(lambda: bus.producer.breaker_state == "open", timeout=30,
                              what="breaker open")
             assert bus.metrics.snapshot()["breaker_open"] is True
             assert not flush.done()  # records are held, not dropped
             await proxy.restore()
             await asyncio.wait_for(flush, 60)
-            assert bus.metrics.breaker_state == "closed"
+            assert bus.producer.breaker_state == "closed"
             ends = await bus.end_offsets(bus.topics.events)
             assert sum(ends.values()) >= 21  # nothing lost (at-least-once: maybe more)
         finally:

@@ -12,8 +12,8 @@ from collections import defaultdict
 
 import pytest
 
-from kafka_saga.bus.embedded import free_port
 from kafka_saga.bus.follow import read_topic
+from kafka_saga.bus.ports import free_port
 from kafka_saga.core.contracts import Event
 from kafka_saga.replay import compare, fetch_live, replay_events
 
@@ -95,7 +95,7 @@ async def test_sigkill_mid_run_loses_nothing_and_replay_equals_live(settings, bu
     orders = mixed_orders(300, seed=1)
     port = free_port()
     log_path = str(tmp_path / "run.log")
-    roles = "orchestrator,aggregator,query"
+    roles = "orchestrator,inventory,aggregator,query"
     proc = spawn(settings, roles, log_path, QUERY_API_PORT=str(port))
     try:
         await submit(bus, *orders)
@@ -131,8 +131,8 @@ async def _at_least(bus, orders, count: int) -> bool:
 
 async def test_second_orchestrator_takes_over_a_killed_one(settings, bus, tmp_path):
     orders = mixed_orders(200, seed=2)
-    first = spawn(settings, "orchestrator", str(tmp_path / "a.log"))
-    second = spawn(settings, "orchestrator", str(tmp_path / "b.log"))
+    first = spawn(settings, "orchestrator,inventory", str(tmp_path / "a.log"))
+    second = spawn(settings, "orchestrator,inventory", str(tmp_path / "b.log"))
     try:
         await asyncio.sleep(8)  # both joined the group: the partitions are split
         await submit(bus, *orders)

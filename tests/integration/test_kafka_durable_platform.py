@@ -20,8 +20,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kafka_saga.bus.kafka_engine import free_port_block as port_block
 from kafka_saga.bus.kafka_jars import LaunchError, java_binary, libs_dir
+from kafka_saga.bus.ports import free_port_block as port_block
+from kafka_saga.config import Settings
 from kafka_saga.core.catalog import Catalog
 
 from ..support.engines import kafka_unavailable
@@ -31,7 +32,7 @@ from ..support.processes import json_log_lines, pid_alive
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLI = str(Path(sys.executable).parent / "kafka-saga")
-ROLES = "aggregator,tracker,orchestrator,dlq,query"  # all but demo
+ROLES = "aggregator,tracker,inventory,orchestrator,dlq,query"  # all but demo
 START_S = 300.0  # a JVM and five roles on a shared, busy machine
 TERMINAL = ("approved", "rejected", "failed")
 PRICES = {name: item.price_cents for name, item in Catalog().items.items()}
@@ -60,8 +61,9 @@ AFTER = [  # one at a time, in this order: the stock left after the restart is 2
 def kafka() -> None:
     """Java and the jars, checked once: skipped (or failed) without them."""
     try:
-        java_binary()
-        libs_dir()
+        settings = Settings.from_env()
+        java_binary(settings.java_home)
+        libs_dir(settings.kafka_home, settings.kafka_cache)
     except LaunchError as exc:
         kafka_unavailable(str(exc))
 

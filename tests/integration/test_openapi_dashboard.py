@@ -42,7 +42,7 @@ async def test_every_route_is_in_the_openapi_document(platform):
 
 
 async def test_dashboard_page_and_feed(platform, bus):
-    await platform.start("orchestrator", "aggregator", "query")
+    await platform.start("orchestrator", "inventory", "aggregator", "query")
     code, page = await platform.get("/")
     assert code == 200 and "<title>kafka_saga" in page and "http" not in page.split("<script>")[1].split("fetch(")[0]
     assert "cdn" not in page.lower()

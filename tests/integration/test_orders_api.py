@@ -6,40 +6,16 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
-
 from kafka_saga.bus.follow import read_topic
 from kafka_saga.core.contracts import Command, CommandType, Event, EventType, Snapshot, Step
 
+from ..support.http import assert_error, call
 from ..support.orders import order_events, produce, produce_events
 from ..support.platform import eventually
 
 TIMEOUT = 60.0
 ORDER_FIELDS = {"order_id", "saga_id", "user", "item", "quantity", "price_cents", "status", "step",
                 "reason", "retry_count", "created_at", "updated_at", "history"}
-
-
-class Reply:
-    def __init__(self, status: int, headers: Any, text: str, body: Any) -> None:
-        self.status, self.headers, self.text, self.body = status, headers, text, body
-
-
-async def call(platform, path: str, method: str = "GET", **kwargs: Any) -> Reply:
-    async with aiohttp.ClientSession() as session, session.request(
-            method, platform.url + path, **kwargs) as resp:
-        text = await resp.text()
-        body = await resp.json() if resp.content_type == "application/json" else None
-        reply = Reply(resp.status, resp.headers, text, body)
-    assert "Traceback" not in text, f"{method} {path} leaked a stack trace: {text[:500]}"
-    return reply
-
-
-def assert_error(reply: Reply, status: int, *words: str) -> None:
-    assert reply.status == status, (reply.status, reply.text)
-    assert reply.headers.get("Content-Type", "").startswith("application/json"), reply.text
-    assert reply.body["status"] == status and isinstance(reply.body["error"], str)
-    for word in words:
-        assert word in reply.body["error"], (word, reply.body)
 
 
 async def commands_on_topic(bus) -> list[tuple[bytes, Command]]:
@@ -156,14 +132,14 @@ async def test_invalid_order_requests_are_400_json_and_publish_nothing(platform,
 
 async def test_post_order_is_503_json_while_the_broker_is_unavailable(platform, bus):
     await platform.start("query")
-    metrics = platform.platform.bus.metrics
-    metrics.set_breaker("open")
+    breaker = platform.platform.bus.producer.breaker  # the producer owns the breaker state
+    breaker.open()
     try:
         reply = await call(platform, "/orders", "POST",
                            json={"user": "alice", "item": "espresso", "quantity": 1})
         assert_error(reply, 503, "broker")
     finally:
-        metrics.set_breaker("closed")
+        breaker.close()
     assert (await call(platform, "/orders", "POST",
                        json={"user": "alice", "item": "espresso", "quantity": 1})).status == 202
     assert len(await commands_on_topic(bus)) == 1

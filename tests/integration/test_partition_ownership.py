@@ -56,7 +56,7 @@ async def _rejects_on_replies(bus) -> list[tuple[int, Command]]:
 
 
 async def test_every_event_of_a_saga_is_on_its_command_partition(platform, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     commands, landed = [], []
     for keying in KEYS:
         batch = _orders(10)
@@ -78,7 +78,7 @@ async def test_every_event_of_a_saga_is_on_its_command_partition(platform, bus):
 
 
 async def test_the_same_command_twice_on_its_partition_starts_one_saga(platform, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     [command] = _orders(1)
     await _write(bus, [command, command], "no_key", partition=1)
     await wait_terminal(bus, command)
@@ -89,7 +89,7 @@ async def test_the_same_command_twice_on_its_partition_starts_one_saga(platform,
 
 async def test_rejects_and_cancels_go_to_the_partition_owning_the_saga(platform, bus, settings):
     platform.settings = replace(settings, admin_token=TOKEN)
-    await platform.start("orchestrator", "tracker", "query")
+    await platform.start("orchestrator", "inventory", "tracker", "query")
     cheap = order(user="client05", item="latte", quantity=1, price=1)  # the tracker rejects it
     by_api, by_cli = _orders(2)
     commands = [cheap, by_api, by_cli]
@@ -127,7 +127,7 @@ async def test_rejects_and_cancels_go_to_the_partition_owning_the_saga(platform,
 
 
 async def test_a_dead_letter_goes_back_to_its_origin_partition(platform, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     broken = order(user="client06", payment_errors="10")  # payment retries exhausted: dlq
     [origin] = await _write(bus, [broken], "other_key")
     garbage_key = next(k for k in (f"g{i}".encode() for i in range(100))
@@ -158,7 +158,7 @@ async def test_a_dead_letter_goes_back_to_its_origin_partition(platform, bus):
 async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_line(settings, tmp_path):
     from kafka_saga.bus.client import Bus
 
-    bus = Bus(settings, settings.bootstrap_servers or "")
+    bus = Bus(settings)
     admin = bus.admin()
     await admin.start()
     try:
@@ -168,7 +168,7 @@ async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_lin
     finally:
         await admin.close()
     log_path = str(tmp_path / "orchestrator.log")
-    proc = spawn_runtime(settings, log_path, roles="orchestrator")
+    proc = spawn_runtime(settings, log_path, roles="orchestrator,inventory")
     try:
         code = await asyncio.to_thread(proc.wait, 60)
     finally:

@@ -12,7 +12,7 @@ import time
 
 from aiokafka import TopicPartition
 
-from kafka_saga.bus.embedded import free_port
+from kafka_saga.bus.ports import free_port
 
 from ..support.orders import produce_events, random_orders
 from ..support.platform import eventually

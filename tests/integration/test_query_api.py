@@ -8,40 +8,16 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 from kafka import KafkaConsumer, TopicPartition
 
 from kafka_saga.core.contracts import DLQ_HEADERS, UserAggregate
 
+from ..support.http import Reply, assert_json_error, call
 from ..support.orders import produce
 from ..support.platform import eventually
 
 TIMEOUT = 60.0
 CONTRACT_FIELDS = {f.name for f in UserAggregate.FIELDS}
-
-
-class Reply:
-    """One HTTP answer: status, content type, raw text and parsed JSON (when it is JSON)."""
-
-    def __init__(self, status: int, content_type: str, text: str, body: Any) -> None:
-        self.status, self.content_type, self.text, self.body = status, content_type, text, body
-
-
-async def call(platform, path: str, method: str = "GET", **kwargs: Any) -> Reply:
-    async with aiohttp.ClientSession() as session, session.request(
-            method, platform.url + path, **kwargs) as resp:
-        text = await resp.text()
-        body = await resp.json() if resp.content_type == "application/json" else None
-        reply = Reply(resp.status, resp.headers.get("Content-Type", ""), text, body)
-    assert "Traceback" not in reply.text, f"{method} {path} leaked a stack trace: {reply.text[:500]}"
-    return reply
-
-
-def assert_json_error(reply: Reply, status: int) -> None:
-    assert reply.status == status, reply.text
-    assert reply.content_type.startswith("application/json"), reply.content_type
-    assert reply.body["status"] == status
-    assert isinstance(reply.body["error"], str) and reply.body["error"]
 
 
 def aggregate(user: str, n: int = 1) -> UserAggregate:

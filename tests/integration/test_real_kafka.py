@@ -145,12 +145,12 @@ def _assert_idempotent(bus: Bus) -> None:
 
 async def test_saga_end_to_end_on_apache_kafka_with_idempotent_producer(real_settings):
     assert real_settings.idempotent_producer
-    bus = Bus(real_settings, real_settings.bootstrap_servers or "")
+    bus = Bus(real_settings)
     await bus.ensure_topics()
     await bus.start()
     platform = RunningPlatform(real_settings)
     try:
-        await platform.start("orchestrator", "tracker", "aggregator", "query")
+        await platform.start("orchestrator", "inventory", "tracker", "aggregator", "query")
         assert platform.platform is not None and platform.platform.bus is not None
 
         approved = _order("client21", "latte", 2)

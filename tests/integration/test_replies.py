@@ -17,7 +17,7 @@ from .test_saga import order, trail, wait_terminal
 
 
 async def test_garbage_and_misplaced_commands_on_replies_are_contained(platform, bus, settings):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     misplaced = order(user="client07")
     produce(bus.bootstrap, bus.topics.replies, [(b"k1", b"{not json"), (b"k2", b'{"type": "OrderCreate"}'),
                                                 (misplaced.key, misplaced.encode())])
@@ -38,7 +38,7 @@ async def test_garbage_and_misplaced_commands_on_replies_are_contained(platform,
 
 
 async def test_answers_go_to_the_partition_of_the_command_not_of_its_key(platform, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     # a client with its own partitioner: every command on the last partition, whatever its key
     commands = [order(user=f"client{i:02d}") for i in range(12)]
     last = bus.settings.partitions - 1

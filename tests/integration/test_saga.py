@@ -64,7 +64,7 @@ APPROVED_TRAIL = ["OrderCreated:Validation", "OrderApproved:Validation", "OrderA
 
 
 async def test_one_order_per_outcome(platform, bus):
-    await platform.start("orchestrator", "aggregator")
+    await platform.start("orchestrator", "inventory", "aggregator")
     approved = order()
     zero = order(quantity=0)
     unknown = order(item="unicorn")
@@ -108,7 +108,7 @@ async def test_one_order_per_outcome(platform, bus):
 
 
 async def test_same_command_twice_starts_one_saga(platform, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     command = order()
     await submit(bus, command, command)
     found = await wait_terminal(bus, command)
@@ -118,7 +118,7 @@ async def test_same_command_twice_starts_one_saga(platform, bus):
 
 
 async def test_reject_command_compensates_an_approved_saga_in_reverse_order(platform, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     command = order(item="latte", quantity=3)
     await submit(bus, command)
     await wait_terminal(bus, command)
@@ -142,7 +142,7 @@ async def test_reject_command_compensates_an_approved_saga_in_reverse_order(plat
 
 
 async def test_reject_stops_a_pending_saga(platform, bus, settings):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     slow = order(payment_delay_ms="4000")
     await submit(bus, slow)
 
@@ -160,7 +160,7 @@ async def test_reject_stops_a_pending_saga(platform, bus, settings):
 
 
 async def test_tracker_rejects_a_wrong_price_and_a_duplicate_order(platform, bus):
-    await platform.start("orchestrator", "tracker")
+    await platform.start("orchestrator", "inventory", "tracker")
     cheap = order(item="mocha", quantity=2, price=1)
     first = order(user="client03")
     duplicate = Command(new_id(), new_id(), CommandType.ORDER_CREATE, first.snapshot)
@@ -186,7 +186,7 @@ async def test_tracker_rejects_a_wrong_price_and_a_duplicate_order(platform, bus
 
 
 async def test_a_price_mismatch_noticed_after_approval_moves_the_order_to_rejected(platform, bus):
-    await platform.start("orchestrator", "aggregator", "query")
+    await platform.start("orchestrator", "inventory", "aggregator", "query")
     cheap = order(user="client09", item="latte", quantity=1, price=5)
     await submit(bus, cheap)
     await wait_terminal(bus, cheap)
@@ -199,7 +199,7 @@ async def test_a_price_mismatch_noticed_after_approval_moves_the_order_to_reject
     assert body["approved"] == 1 and body["spent_cents"] == 5
     # the tracker was not running: it starts late, reads the log and still catches it
     await platform.stop()
-    await platform.start("orchestrator", "tracker", "aggregator", "query")
+    await platform.start("orchestrator", "inventory", "tracker", "aggregator", "query")
 
     async def moved():
         code, agg = await platform.get("/aggregates/client09")
@@ -218,7 +218,7 @@ async def test_step_deadline_counts_as_a_transient_failure(platform, bus, settin
     from dataclasses import replace
 
     platform.settings = replace(settings, payment_timeout_s=0.2, payment_max_retries=2)
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     slow = order(payment_delay_ms="1000")
     await submit(bus, slow)
     found = await wait_terminal(bus, slow)
@@ -229,13 +229,13 @@ async def test_step_deadline_counts_as_a_transient_failure(platform, bus, settin
 
 
 async def test_stock_survives_a_restart(platform, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     first = order(item="limited-edition", quantity=3)  # the catalog ships 5 of them
     await submit(bus, first)
     found = await wait_terminal(bus, first)
     assert trail(found[first.snapshot.order_id])[-1] == "OrderApproved:Finalize"
     await platform.stop()
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     second = order(item="limited-edition", quantity=3)
     third = order(item="limited-edition", quantity=2)
     await submit(bus, second)

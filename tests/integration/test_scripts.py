@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from kafka_saga.bus.embedded import free_port
+from kafka_saga.bus.ports import free_port
 
 from ..support.processes import pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 START = ROOT / "scripts" / "start.sh"
 STOP = ROOT / "scripts" / "stop.sh"
-ROLES = ("tracker", "aggregator", "orchestrator", "dlq", "query")
+ROLES = ("tracker", "aggregator", "inventory", "orchestrator", "dlq", "query")
 METRICS_VARS = ("AGGREGATOR_METRICS_PORT", "TRACKER_METRICS_PORT", "DLQ_METRICS_PORT")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

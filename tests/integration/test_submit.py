@@ -27,7 +27,7 @@ def cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_submit_then_cancel_from_the_cli(platform, settings, bus):
-    await platform.start("orchestrator")
+    await platform.start("orchestrator", "inventory")
     proc = await asyncio.to_thread(cli, settings, "submit", "--user", "client07", "--item",
                                    "cappuccino", "--quantity", "2", "--attr", "note=cli")
     assert proc.returncode == 0, proc.stderr
@@ -90,7 +90,7 @@ async def test_demo_generator_feeds_the_saga(platform, settings, bus):
 
     platform.settings = replace(settings, roles={**settings.roles, "demo": RoleOptions(
         extra={"rate": 50, "count": 20})})
-    await platform.start("demo", "orchestrator")
+    await platform.start("demo", "orchestrator", "inventory")
 
     async def all_terminal():
         found = await events_by_order(bus)

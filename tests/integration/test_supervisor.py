@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from kafka_saga.bus.client import Bus
 from kafka_saga.config import ConfigError, RoleOptions, Settings
@@ -44,7 +45,7 @@ class Steady(Role):
 
 
 def _contexts(settings: Settings):
-    bus = Bus(settings, "127.0.0.1:1")
+    bus = Bus(replace(settings, bootstrap_servers="127.0.0.1:1"))
     return lambda name: RoleContext(bus, settings, RoleOptions(), {})
 
 

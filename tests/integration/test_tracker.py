@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import TopicPartition
 
 from kafka_saga.bus.follow import read_topic
+from kafka_saga.config import Settings
 from kafka_saga.core.catalog import Catalog
 from kafka_saga.core.contracts import Command, CommandType, Event, EventType, Snapshot, Step
 from kafka_saga.core.fields import canonical_time
@@ -128,13 +130,18 @@ async def test_tracker_rejects_once_across_redelivery_and_restart(platform, sett
     assert len(found) == 4, summary(found)
     assert summary(found) == EXPECTED | {
         ("tracker:price_integrity:saga-new-bad", "saga-new-bad", "price_mismatch", Step.VALIDATION)}
+    # a worker that joined last may still be restoring its partitions' rules (their offsets
+    # were committed by the other worker before the rebalance): wait for all seven
+    await eventually(lambda: tracker(platform).health()["sagas"] == 7, timeout=30,
+                     what="every saga's rules restored")
     health = tracker(platform).health()
     assert health["rejects_published"] == 1 and health["sagas"] == 7
     assert platform.platform.bus.metrics.snapshot()["role_restarts"] == 0
 
 
-async def test_velocity_rule_from_the_environment(platform, settings, bus, monkeypatch):
-    monkeypatch.setenv("TRACKER_VELOCITY_LIMIT", "2")
+async def test_velocity_rule_from_the_environment(platform, settings, bus):
+    from_env = Settings.from_env({"TRACKER_VELOCITY_LIMIT": "2"})  # read once, with the rest
+    platform.settings = replace(settings, tracker_velocity_limit=from_env.tracker_velocity_limit)
     await platform.start("tracker")
     orders = [event(EventType.ORDER_CREATED, f"saga-v{i}", snap(f"o-v{i}", user="busy"), at=i)
               for i in range(4)]

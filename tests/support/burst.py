@@ -35,7 +35,7 @@ from kafka_saga.core.submission import new_order_command
 from .processes import cpu_seconds, memory_kb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ALL_BUT_DEMO = "orchestrator,tracker,aggregator,dlq,query"
+ALL_BUT_DEMO = "orchestrator,inventory,tracker,aggregator,dlq,query"
 ITEMS = ("espresso", "latte", "cappuccino", "americano")  # 100,000 each: plenty of stock
 TERMINAL = ("OrderRejected", "OrderFailed")
 
@@ -277,7 +277,7 @@ class Session:
 @contextlib.asynccontextmanager
 async def session(settings: Any, log_dir: str) -> AsyncIterator[Session]:
     """Topics, a started bus, a runtime that finished one order, and the watch; all stopped after."""
-    bus = Bus(settings, settings.bootstrap_servers or "")
+    bus = Bus(settings)
     await bus.ensure_topics()
     await bus.start()
     current = Session(settings, log_dir, bus, Watch(bus))

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from kafka_saga.bus.embedded import EmbeddedBroker
-from kafka_saga.bus.kafka_engine import KafkaCluster, free_port_block
+from kafka_saga.bus.kafka_engine import KafkaCluster
 from kafka_saga.bus.kafka_jars import LaunchError
+from kafka_saga.bus.ports import free_port_block
+from kafka_saga.config import Settings
 
 TEST_ENGINE = (os.environ.get("KAFKA_SAGA_TEST_ENGINE") or "tansu").strip().lower()
 SessionBroker = EmbeddedBroker | KafkaCluster
@@ -31,7 +33,8 @@ def kafka_unavailable(reason: str) -> None:
 
 def start_kafka(data_dir: Path, nodes: int = 1) -> KafkaCluster:
     """A fresh Apache Kafka of ``nodes`` nodes on free ports, started (or a skip/fail)."""
-    cluster = KafkaCluster(data_dir, nodes=nodes, port=free_port_block(2 * nodes), heap="512m")
+    cluster = KafkaCluster.for_settings(Settings.from_env(), data_dir, nodes=nodes,
+                                        port=free_port_block(2 * nodes), heap="512m")
     try:
         asyncio.run(cluster.start())
     except LaunchError as exc:
@@ -44,6 +47,7 @@ def start_session_broker(data_dir: Path) -> SessionBroker:
         return start_kafka(data_dir)
     if TEST_ENGINE != "tansu":
         raise pytest.UsageError(f"KAFKA_SAGA_TEST_ENGINE={TEST_ENGINE!r}: use tansu or kafka")
-    embedded = EmbeddedBroker(log_path=os.environ.get("TANSU_LOG_FILE"))
+    embedded = EmbeddedBroker(log_path=os.environ.get("TANSU_LOG_FILE"),
+                              log_level=Settings.from_env().tansu_log)
     asyncio.run(embedded.start())
     return embedded

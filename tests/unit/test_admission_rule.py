@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from kafka_saga.api.admission import RETRY_MAX_S, RETRY_MIN_S, RETRY_UNKNOWN_S, Backlog
 from kafka_saga.bus.client import Bus
 from kafka_saga.config import Settings
-from kafka_saga.query.admission import RETRY_MAX_S, RETRY_MIN_S, RETRY_UNKNOWN_S, Backlog
 
 
 def backlog_with(samples: list[tuple[float, int]], value: int) -> Backlog:
-    backlog = Backlog(Bus(Settings(), "127.0.0.1:1"), limit=100)
+    backlog = Backlog(Bus(Settings(bootstrap_servers="127.0.0.1:1")), limit=100)
     for at, committed in samples:
         backlog._samples.append((at, committed))
     backlog._value, backlog._at = value, samples[-1][0]

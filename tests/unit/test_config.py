@@ -52,6 +52,7 @@ def test_seed_variable_names() -> None:
         "TRACKER_METRICS_PORT": "9102",
         "DLQ_METRICS_PORT": "9103",
         "ORCHESTRATOR_METRICS_PORT": "9104",
+        "INVENTORY_METRICS_PORT": "9105",
         "AGGREGATOR_WORKERS": "3",
         "TRACKER_WORKERS": "2",
         "KAFKA_SAGA_TOPIC_PREFIX": "dev.",
@@ -74,7 +75,7 @@ def test_seed_variable_names() -> None:
     assert s.bootstrap_servers == "k1:9092,k2:9092"
     assert (s.query_host, s.query_port) == ("0.0.0.0", 9000)
     assert {r: s.role(r).metrics_port for r in METRICS_PORT_VARS} == \
-        {"aggregator": 9101, "tracker": 9102, "dlq": 9103, "orchestrator": 9104}
+        {"aggregator": 9101, "tracker": 9102, "dlq": 9103, "orchestrator": 9104, "inventory": 9105}
     assert s.role("aggregator").workers == 3 and s.role("tracker").workers == 2
     assert s.role("query").workers == 1 and s.role("query").metrics_port is None
     assert (s.topic_prefix, s.partitions, s.replication_factor, s.embedded_port) == ("dev.", 12, 3, 19092)
@@ -140,7 +141,7 @@ def test_security_settings() -> None:
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ({"KAFKA_SAGA_PARTITIONS": "-1"}, "KAFKA_SAGA_PARTITIONS"),
     ({"QUERY_ORDERS_MAX": "0"}, "QUERY_ORDERS_MAX"),
-    ({"KAFKA_SAGA_FINISHED_SAGAS_MAX": "-1"}, "KAFKA_SAGA_FINISHED_SAGAS_MAX"),
+    ({"KAFKA_SAGA_STATE_WINDOW": "0"}, "KAFKA_SAGA_STATE_WINDOW"),
 ])
 def test_validation_errors(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -173,7 +174,7 @@ def test_role_lookup_unknown_name() -> None:
     ("query,aggregator", ["aggregator", "query"]),
     ("demo, dlq ,tracker", ["tracker", "dlq", "demo"]),
     ("query,query,", ["query"]),
-    ("orchestrator,aggregator,tracker,dlq,query,demo", list(ROLE_ORDER)),
+    ("orchestrator,inventory,aggregator,tracker,inventory,dlq,query,demo", list(ROLE_ORDER)),
 ])
 def test_parse_roles(spec: str, roles: list[str]) -> None:
     assert parse_roles(spec) == roles
@@ -277,6 +278,6 @@ def test_security_protocol_is_case_insensitive() -> None:
 
 
 def test_memory_bounds() -> None:
-    assert (Settings().query_orders_max, Settings().finished_sagas_max) == (20_000, 50_000)
-    settings = Settings.from_env({"QUERY_ORDERS_MAX": "500", "KAFKA_SAGA_FINISHED_SAGAS_MAX": "0"})
-    assert (settings.query_orders_max, settings.finished_sagas_max) == (500, 0)
+    assert (Settings().query_orders_max, Settings().state_window) == (20_000, 10_000)
+    settings = Settings.from_env({"QUERY_ORDERS_MAX": "500", "KAFKA_SAGA_STATE_WINDOW": "1"})
+    assert (settings.query_orders_max, settings.state_window) == (500, 1)

@@ -57,10 +57,13 @@ class Metrics:
                              "(no progress while records wait)", ["role"], registry=r)
         self.stalls = Counter("kafka_saga_stalls", "Stalls detected by the watchdog", ["role"],
                               registry=r)
+        # the breaker's state is the producer's (bus.producer.Producer); exported here only
         self.breaker = Gauge(
             "kafka_saga_breaker_state", "Producer circuit breaker (0 closed, 1 half-open, 2 open)",
             registry=r,
         )
+        self.breaker_openings = Counter("kafka_saga_breaker_openings",
+                                        "Times the producer circuit breaker opened", registry=r)
         self.lag = Gauge("kafka_saga_consumer_lag", "Records waiting", ["role", "topic", "partition"], registry=r)
         self.step_timeouts = Counter("kafka_saga_step_timeouts", "Saga step attempts whose "
                                      "participant did not answer by the deadline", ["step"],
@@ -75,17 +78,45 @@ class Metrics:
         self.handle_seconds = Histogram(
             "kafka_saga_batch_seconds", "Time to handle and commit one batch", ["role"], registry=r
         )
+        self.restore_seconds = Histogram(
+            "kafka_saga_store_restore_seconds", "Time to restore a consumer's state stores from "
+            "their changelog on an assignment", ["role"], registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.restore_records = Counter("kafka_saga_store_restore_records", "Changelog records read "
+                                       "by restores (from the restore points)", ["role"], registry=r)
+        self.restored_entries = Counter("kafka_saga_store_restored_entries", "Live state store "
+                                        "entries loaded from changelogs", ["role"], registry=r)
+        self.fenced = Counter("kafka_saga_fenced", "Side effects refused because the process may "
+                              "have lost its partitions (paused past its session)", ["role"],
+                              registry=r)
+        self.processing_mode = Gauge(
+            "kafka_saga_processing", "1 for the processing guarantee in force (exactly_once or "
+            "at_least_once)", ["mode"], registry=r)
+        self.transactions = Counter("kafka_saga_transactions", "Checkpoint transactions by "
+                                    "outcome (committed, aborted, fenced)", ["role", "outcome"],
+                                    registry=r)
+        self.processing = ""
         self.latency = LatencyWindow()
-        self.breaker_state = "closed"
-        self.breaker_opened = 0
         self.role_state: dict[str, str] = {}
         self.started = time.time()
 
-    def set_breaker(self, state: str) -> None:
-        self.breaker_state = state
-        if state == "open":
-            self.breaker_opened += 1
+    def export_breaker(self, state: str) -> None:
+        """Export a change of the producer's breaker: the state gauge, and a count of openings."""
         self.breaker.set(BREAKER_STATES.get(state, 0))
+        if state == "open":
+            self.breaker_openings.inc()
+
+    def export_processing(self, mode: str) -> None:
+        """The processing guarantee chosen at start (one gauge at 1, the other at 0)."""
+        self.processing = mode
+        for name in ("exactly_once", "at_least_once"):
+            self.processing_mode.labels(mode=name).set(1 if name == mode else 0)
+
+    def _exported_breaker(self) -> str:
+        """The breaker state as last exported (closed before any change)."""
+        value = next((sample.value for metric in self.breaker.collect()
+                      for sample in metric.samples), 0)
+        return next((name for name, code in BREAKER_STATES.items() if code == value), "closed")
 
     def prometheus(self) -> bytes:
         return generate_latest(self.registry)
@@ -129,6 +160,7 @@ class Metrics:
         consumed, consumed_by_role = self._total(self.consumed, "role")
         dlq, dlq_by_reason = self._total(self.dlq, "reason")
         produced, produced_by_topic = self._total(self.produced, "topic")
+        breaker = self._exported_breaker()
         lag: dict[str, int] = {}
         for metric in self.lag.collect():
             for sample in metric.samples:
@@ -149,13 +181,15 @@ class Metrics:
             "handler_errors": self._total(self.errors),
             "step_timeouts": self._total(self.step_timeouts, "step")[1],
             "role_restarts": self._total(self.restarts),
-            "breaker_open": self.breaker_state == "open",
-            "breaker_state": self.breaker_state,
-            "breaker_opened": self.breaker_opened,
+            "breaker_open": breaker == "open",
+            "breaker_state": breaker,
+            "breaker_opened": self._total(self.breaker_openings),
             "latency": self.latency.summary(),
             "lag": lag,
             "stalled": self._stalled_roles(),
             "stalls": self._total(self.stalls),
             "roles": dict(self.role_state),
+            "processing": self.processing,
+            "transactions": self._total(self.transactions, "outcome")[1],
             "uptime_s": round(time.time() - self.started, 3),
         }

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from .. import logs
 from ..bus.client import Bus
 from ..config import Settings
-from ..runtime.http import json_error
+from ..observation.http import json_error
 
 log = logs.get("query")
 INTERVAL_S = 1.0  # between two measurements

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .. import logs
+from .health import health_answer
 from .metrics import Metrics
 
 log = logs.get("http")
@@ -214,9 +215,8 @@ def metrics_app(metrics: Metrics, health: Callable[[], dict[str, Any]]) -> web.A
         return metrics_response(request, metrics)
 
     async def get_health(_request: web.Request) -> web.Response:
-        body = health()  # 503 while the supervisor's watchdog reports the role stalled
-        ok = body.get("healthy", True)
-        return json_response({"status": "ok" if ok else "unhealthy", **body}, 200 if ok else 503)
+        # 503 while the supervisor's watchdog reports the role stalled
+        return json_response(*health_answer(health()))
 
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", get_health)

@@ -13,12 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..core.contracts import Event, Snapshot, UserAggregate
-from ..core.submission import MAX_ORDER_QUANTITY
+from ..core.contracts import ORDER_MAX_QUANTITY, Event, Snapshot, UserAggregate
+from ..core.contracts import STATUSES as _STATUSES
+from ..observation.http import json_response
 
 Handler = Callable[..., Any]
 
-STATUSES = ["pending", "approved", "rejected", "failed"]
+STATUSES = list(_STATUSES)
 ERROR = {"type": "object", "required": ["error", "status"],
          "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}
 ORDER_REQUEST = {
@@ -26,7 +27,7 @@ ORDER_REQUEST = {
     "properties": {
         "user": {"type": "string", "minLength": 1, "maxLength": 128},
         "item": {"type": "string", "minLength": 1, "maxLength": 128},
-        "quantity": {"type": "integer", "minimum": 1, "maximum": MAX_ORDER_QUANTITY},
+        "quantity": {"type": "integer", "minimum": 1, "maximum": ORDER_MAX_QUANTITY},
         "attributes": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 64},
         "price_cents": {"type": "integer", "minimum": 0},
     },
@@ -47,7 +48,7 @@ CANCEL_REQUEST = {"type": "object", "required": ["reason"], "additionalPropertie
 REPLAY_REQUEST = {"type": "object", "properties": {
     "offset": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}, "all": {"type": "boolean"},
     "reason": {"type": "string"}}}
-OVERLOADED = {  # POST /orders refused by admission (kafka_saga.query.admission)
+OVERLOADED = {  # POST /orders refused by admission (kafka_saga.api.admission)
     "type": "object", "required": ["error", "status", "reason", "backlog", "max_backlog", "retry_after_s"],
     "description": "Too many commands wait for the orchestrator (KAFKA_SAGA_MAX_BACKLOG); "
                    "nothing was submitted. Sent with a Retry-After header of retry_after_s.",
@@ -159,6 +160,4 @@ def openapi(app: web.Application) -> dict[str, Any]:
 @documented(responses={200: OBJECT})
 async def get_openapi(request: web.Request) -> web.Response:
     """GET /openapi.json — this document."""
-    from ..runtime.http import json_response
-
     return json_response(openapi(request.app))

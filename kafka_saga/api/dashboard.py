@@ -6,7 +6,8 @@ from importlib import resources
 
 from aiohttp import web
 
-from ..runtime.http import int_param, json_response
+from ..observation.http import int_param, json_response
+from .context import read_model
 from .openapi import OBJECT, documented, ref
 
 PAGE = resources.files("kafka_saga").joinpath("static", "index.html")
@@ -25,14 +26,8 @@ async def dashboard(_request: web.Request) -> web.Response:
                 "by_status": OBJECT, "total": {"type": "integer"}}}})
 async def recent_orders(request: web.Request) -> web.Response:
     """GET /orders — the newest orders with their saga history, and the saga funnel."""
-    from .app import _model
-
     limit = int_param(request, "limit", 25, 1, 200)
-    view = _model(request).orders
+    view = read_model(request).orders
     return json_response({"orders": view.recent(limit), "by_status": view.by_status,
                           "total": view.total()})
 
-
-def add_dashboard_routes(app: web.Application) -> None:
-    app.router.add_get("/", dashboard)
-    app.router.add_get("/orders", recent_orders)

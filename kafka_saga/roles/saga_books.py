@@ -1,0 +1,151 @@
+"""The orchestrator's sagas as state stores on the shared loop: one
+:class:`~kafka_saga.core.sagabook.SagaBook` per ``orders.commands`` partition.
+
+Each saga transition is published to ``orders.events`` first and noted in its book after:
+a checkpoint never holds a state whose event could still be lost. At a checkpoint the loop
+takes the books' journals (the cut), flushes the outputs, then asks each book to seal: the
+lowest offset of the events sent before the cut, per events partition, is where the events
+not yet in the changelog begin. A restore loads a book from the changelog, then feeds it
+that tail of ``orders.events`` (see the book's docstring): the sagas come back exactly as
+their events left them, and the cost follows the live sagas and one commit interval of
+events, not the history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from .. import logs
+from ..bus.client import Bus
+from ..bus.follow import read_topic
+from ..bus.handling import PartitionStates
+from ..bus.producer import Outgoing
+from ..core.contracts import Event, EventType
+from ..core.saga import Saga
+from ..core.sagabook import EVENTS_FROM, SagaBook
+
+log = logs.get("orchestrator")
+
+
+def partition_of(saga: Saga) -> int:
+    """The commands partition owning ``saga`` (its command's), -1 when unknown."""
+    return saga.origin[0] if saga.origin else -1
+
+
+class _Send:
+    """An event on its way: registered before it is handed to the producer, so a checkpoint
+    taken meanwhile knows an offset is still to come."""
+
+    __slots__ = ("record",)
+
+    def __init__(self) -> None:
+        self.record: Outgoing | None = None
+
+
+class SagaBooks:
+    """The books of the commands partitions this process holds (see the module docstring)."""
+
+    def __init__(self, bus: Bus, window: int) -> None:
+        self.bus = bus
+        self.states: PartitionStates[SagaBook] = PartitionStates(
+            lambda tp: SagaBook(tp.partition, window), self._closed, taken=self._taken,
+            seal=self._seal)
+        self.owned: set[int] = set()  # commands partitions assigned (parked books are not)
+        self.sends: dict[int, list[_Send]] = {}  # events sent since the last cut
+        self.cut: dict[int, list[_Send]] = {}  # those of the checkpoint under way
+        self.restored = 0  # sagas restored (changelog and events tail), in all
+
+    async def publish(self, saga: Saga, event: Event, partition: int) -> None:
+        """Send a transition already applied to ``saga``, then note the saga in its book."""
+        send = _Send()
+        self.sends.setdefault(partition, []).append(send)
+        send.record = await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key,
+                                                   partition=partition if partition >= 0 else None)
+        book = self.states.by_partition.get(partition)
+        if book is not None:
+            if saga.saga_id in book.live:
+                book.saved(saga)
+            else:
+                book.add(saga)
+
+    def live(self, saga_id: str) -> Saga | None:
+        for book in self.states.values():
+            saga = book.live.get(saga_id)
+            if saga is not None:
+                return saga
+        return None
+
+    def owned_live(self) -> dict[str, Saga]:
+        """The live sagas of the partitions held (not of parked books)."""
+        return {s.saga_id: s for p, b in self.states.items() if p in self.owned
+                for s in b.live.values()}
+
+    # --- the checkpoint hooks ---
+    def _closed(self, tp: TopicPartition, _book: SagaBook) -> None:
+        self.sends.pop(tp.partition, None)  # given away for good
+
+    def _taken(self, partition: int, _book: SagaBook) -> None:
+        """The loop took the book's journal: the events sent so far belong to this cut."""
+        self.cut[partition] = self.sends.pop(partition, [])
+
+    def _seal(self, partition: int, book: SagaBook) -> dict[str, bytes]:
+        """After the flush: where the events written after the cut start (the lowest offset
+        of the cut's, per events partition); kept as it was while an offset is unknown."""
+        lowest: dict[int, int] = {}
+        for send in self.cut.pop(partition, []):
+            record = send.record
+            offset = record.offset if record is not None else None
+            if record is None or offset is None or record.partition is None:
+                return {}
+            lowest[record.partition] = min(offset, lowest.get(record.partition, offset))
+        return {EVENTS_FROM: book.set_events_from(lowest)} if lowest else {}
+
+    # --- rebalance ---
+    async def assigned(self, committed: dict[TopicPartition, int]) -> list[SagaBook]:
+        """The books of the commands partitions assigned; those just loaded from the changelog
+        read their orders.events tail first."""
+        books = [b for tp in committed if tp.topic == self.bus.topics.commands
+                 and (b := self.states.get(tp)) is not None]
+        self.owned |= {b.partition for b in books}
+        fresh = [b for b in books if not b.caught_up]
+        if fresh:
+            await self._read_events_tail(fresh)
+        log.info("sagas restored", partitions=sorted(b.partition for b in books),
+                 from_changelog=sorted(b.partition for b in fresh),
+                 live=sum(len(b.live) for b in books), finished=sum(len(b.finished) for b in books))
+        return books
+
+    def revoked(self, partitions: set[TopicPartition]) -> set[int]:
+        lost = {tp.partition for tp in partitions if tp.topic == self.bus.topics.commands}
+        self.owned -= lost
+        return lost
+
+    async def _read_events_tail(self, fresh: list[SagaBook]) -> None:
+        """Feed each restored book the events written after its last checkpoint."""
+        start: dict[int, int] = {}
+        for book in fresh:
+            for events_partition in {book.partition, *book.events_from}:
+                offset = book.events_from.get(events_partition, 0)
+                start[events_partition] = min(offset, start.get(events_partition, offset))
+
+        def apply(record: Any) -> None:
+            try:
+                event = Event.decode(record.value)
+            except ValueError as exc:  # one bad record must not stop the restore of the others
+                log.warning("event skipped during restore", partition=record.partition,
+                            offset=record.offset, error=str(exc)[:200])
+                return
+            origin = event.metadata.get("command_partition") if event.type is EventType.ORDER_CREATED else None
+            command_partition = int(origin) if origin and origin.isdigit() else None
+            for book in fresh:
+                if book.replay(event, command_partition) is not None:
+                    break
+
+        reader = await read_topic(self.bus, self.bus.topics.events, apply, partitions=sorted(start),
+                                  start=start)
+        for book in fresh:
+            book.caught_up = True
+            self.restored += len(book)
+        log.info("orders.events tail read", partitions=sorted(start), events=reader.records)
