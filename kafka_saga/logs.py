@@ -49,6 +49,19 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _RetriedByTheClient(logging.Filter):
+    """aiokafka logs some errors it retries on its own (a partition leader that moved, a topic
+    whose leader is not elected yet) at ERROR; they are warnings for whoever reads our logs.
+    Known by the error in the record's arguments (aiokafka's errors say ``retriable``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.name.startswith("aiokafka") and any(
+                isinstance(arg, Exception) and getattr(arg, "retriable", False) is True
+                for arg in (record.args if isinstance(record.args, tuple) else ())):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog (and route stdlib logging, e.g. aiokafka's, through it)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
@@ -71,6 +84,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(_CurrentStderr())
+    handler.addFilter(_RetriedByTheClient())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

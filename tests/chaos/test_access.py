@@ -14,19 +14,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import shutil
 import ssl
 import subprocess
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -39,6 +35,7 @@ from kafka_saga.bus.ports import free_port
 from kafka_saga.config import ConfigError, Settings
 from kafka_saga.core.contracts import REINJECTED_HEADER, Command, CommandType, headers_dict
 
+from ..support.logsetup import configured_logs
 from ..support.orders import order_events, produce, produce_events
 from ..support.platform import eventually
 
@@ -183,20 +180,6 @@ async def test_dlq_replay_over_http_reinjects_into_the_origin_topic(platform, se
 
 # --- secrets and logs ------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def debug_logs() -> Iterator[None]:
-    """Log everything (JSON) for the block, then put back the logging set-up exactly."""
-    root = logging.getLogger()
-    saved = structlog.get_config(), root.handlers[:], root.level
-    logs.configure("debug", "json")
-    try:
-        yield
-    finally:
-        structlog.configure(**saved[0])
-        root.handlers[:] = saved[1]
-        root.setLevel(saved[2])
-
-
 def secure_settings(settings: Settings) -> Settings:
     return replace(settings, admin_token=TOKEN, security=replace(
         settings.security, protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
@@ -205,7 +188,7 @@ def secure_settings(settings: Settings) -> Settings:
 
 async def test_the_admin_token_and_sasl_password_never_reach_the_logs(platform, settings, bus,
                                                                       capfd):
-    with debug_logs():
+    with configured_logs("debug"):
         platform.settings = replace(settings, admin_token=TOKEN)
         await platform.start("query")
         for authorization in (bearer(), bearer("wrong"), f"Basic {TOKEN}", TOKEN):
@@ -229,7 +212,7 @@ async def test_the_admin_token_and_sasl_password_never_reach_the_logs(platform, 
 
 
 def test_logging_a_settings_object_does_not_show_its_secrets(settings, capfd):
-    with debug_logs():
+    with configured_logs("debug"):
         logs.get("test").info("config", settings=secure_settings(settings),
                               headers={"Authorization": bearer()})
     captured = "".join(capfd.readouterr())

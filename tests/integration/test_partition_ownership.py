@@ -175,6 +175,7 @@ async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_lin
         proc.kill()
     lines = [e for e in json_log_lines(log_path) if e.get("level") in ("error", "critical")]
     assert code == 2, lines
+    assert len(lines) == 1, lines
     [line] = lines
     assert line["event"] == "role misconfigured: stopping the process", line
     assert f"{bus.topics.events} has {settings.partitions + 1} partitions" in line["error"]

@@ -61,11 +61,13 @@ def write_with_foreign_client(bootstrap: str, topic: str, commands: list[Command
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
                              batch_size=256 * 1024, enable_idempotence=False)
     try:
-        for command in commands:
-            producer.send(topic, key=command.snapshot.order_id.encode(), value=command.encode())
+        sent = [producer.send(topic, key=command.snapshot.order_id.encode(), value=command.encode())
+                for command in commands]
         producer.flush(120)
     finally:
         producer.close(5)
+    failed = [future.exception for future in sent if not future.succeeded()]
+    assert not failed, f"the foreign client failed to write {len(failed)} orders: {failed[:3]}"
     return time.perf_counter() - started
 
 
@@ -108,6 +110,13 @@ class Outcomes:
         """Orders ended per second in each ``step_s`` window from ``started``: the drain's shape."""
         counts: Counter[int] = Counter(int((self.at[o] - started) // step_s) for o in order_ids)
         return [round(counts.get(i, 0) / step_s) for i in range(max(counts) + 1)] if counts else []
+
+    def describe_pending(self, order_ids: list[str], most: int = 5) -> str:
+        """What ``orders.events`` holds of the first orders without an end (for a failure)."""
+        pending = [o for o in order_ids if o not in self.at][:most]
+        steps = {o: [f"{kind}:{step}" for (order, kind, step) in self.transitions if order == o]
+                 for o in pending}
+        return f"pending (first {most}, with the events seen): {steps}"
 
     def doubled(self) -> int:
         """Transitions written more than once for the same order (a step run twice)."""
@@ -227,7 +236,8 @@ async def burst(bus: Bus, watch: Watch, proc: subprocess.Popen[bytes], orders: i
             cpu_used += cpu_seconds(proc.pid) - cpu_mark
             break
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {done}/{len(ids)} burst orders ended within {timeout}s")
+            raise TimeoutError(f"only {done}/{len(ids)} burst orders ended within {timeout}s; "
+                               f"{watch.outcomes.describe_pending(ids)}")
         await asyncio.sleep(0.25)
     elapsed = max(watch.outcomes.at[o] for o in ids) - started
     # a late reject (the tracker's, for a wrong price) may still compensate an approved order
