@@ -53,6 +53,13 @@ from .stores import StoreKeeper
 from .transactions import Transactions
 
 Partitions = Iterable[TopicPartition]
+
+
+class RebalanceFailed(RuntimeError):
+    """A rebalance listener step (checkpoint, state restore, transactions) failed; the role
+    restarts from what was committed."""
+
+
 __all__ = ["Subscription", "consume", "consume_workers", "is_retriable", "wait_unless_stopped"]
 
 
@@ -70,6 +77,7 @@ class _Runner(ConsumerRebalanceListener):
         self.txns = (Transactions(bus, sub.group_id, sub.role, self.log)
                      if bus.exactly_once and sub.transactional else None)
         self.lock = asyncio.Lock()
+        self.failure: Exception | None = None  # what a rebalance listener raised (see below)
         self.commit_interval_s = bus.settings.commit_interval_ms / 1000
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
         self.progress = Progress(sub.role, sub.group_id, worker)
@@ -79,9 +87,43 @@ class _Runner(ConsumerRebalanceListener):
             bus.metrics.in_flight_limit.labels(role=sub.role).set(self.gate.limit)
 
     # --- rebalance: finish and commit the current batch before giving partitions away ---
+    # The Kafka client logs and swallows what a rebalance listener raises, then carries on.
+    # A checkpoint that failed while giving partitions away (or a state that could not be
+    # restored) must not be carried on from: the failure is kept and raised by the loop, so
+    # the role restarts from what was committed.
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            await self._revoke(revoked)
+        except Exception as exc:
+            self._rebalance_failed("revoke", exc)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
+        try:
+            async with self.lock:  # no batch is handled while a role restores its state
+                await self._assigned(assigned)
+                if self.sub.fence is not None:
+                    self.sub.fence.assigned()
+        except Exception as exc:
+            self._rebalance_failed("assign", exc)
+
+    def _rebalance_failed(self, step: str, exc: Exception) -> None:
+        self.log.warning("rebalance step failed: the role restarts from the last commit",
+                         step=step, error=f"{type(exc).__name__}: {exc}"[:300])
+        if self.failure is None:
+            self.failure = exc
+
+    def _raise_rebalance_failure(self) -> None:
+        if self.failure is not None:
+            raise RebalanceFailed(f"{self.sub.role}: a rebalance step failed: "
+                                  f"{type(self.failure).__name__}: {self.failure}") from self.failure
+
+    async def _revoke(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
             if revoked:
+                if self.failure is not None:  # the state in memory may be ahead of the commit
+                    return
                 await self._checkpoint()
                 if self.txns is not None:
                     await self.txns.close(revoked)
@@ -106,14 +148,6 @@ class _Runner(ConsumerRebalanceListener):
                 if self.sub.on_revoked:
                     await self.sub.on_revoked(set(revoked))
                 self.log.info("partitions revoked", partitions=_names(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if not assigned:
-            return
-        async with self.lock:  # no batch is handled while a role restores its state
-            await self._assigned(assigned)
-            if self.sub.fence is not None:
-                self.sub.fence.assigned()
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         if self.txns is not None:  # fences the partitions' last owners before reading state
@@ -165,6 +199,7 @@ class _Runner(ConsumerRebalanceListener):
                 # under exactly-once, work sent meanwhile is visible only once committed
                 quick = paused or self.txns is not None
                 batches = await self.consumer.getmany(timeout_ms=50 if quick else 200)
+                self._raise_rebalance_failure()  # before handling anything more
                 if not batches:
                     if self.handled or (self.txns is not None and self.txns.dirty):
                         # idle: nothing left to batch with, commit now

@@ -271,6 +271,10 @@ class Scenario:
         return {
             "orders": len(self.ids), "lost": len(lost), "double": len(double),
             "lost_ids": lost[:5], "double_ids": double[:5], "outcomes": dict(outcome),
+            "lost_trails": {o: [f"{e[0]}:{e[1]}" for e in trails.get(o, [])] for o in lost[:3]},
+            "lost_by_partition": dict(Counter(next((e[4]["command_partition"] for e in trails.get(o, [])
+                                                    if "command_partition" in e[4]), "none")
+                                              for o in lost)),
             "events": sum(len(trails.get(o, [])) for o in self.ids), "expected_events": len(TRAIL) * len(self.ids),
             "redelivered_records": redelivered, "redone_steps": redone,
             "processing": self.bus.processing,
