@@ -61,6 +61,9 @@ class Outgoing:
     headers: Headers
     partition: int | None = None
     future: asyncio.Future[Any] | None = field(default=None)
+    # exactly-once: done when the transaction holding the record commits (readers at
+    # read_committed see it from then on); None outside a transaction
+    committed: asyncio.Future[None] | None = field(default=None)
 
     @property
     def offset(self) -> int | None:
@@ -171,8 +174,13 @@ class Producer:
 
     async def send_and_wait(self, topic: str, value: bytes | None, key: bytes | None = None,
                             headers: Headers | None = None) -> None:
-        await self.send(topic, value, key, headers)
+        """Send one record and wait until its readers can read it: acknowledged, and inside a
+        transaction's scope, committed (a deadline that counts from here then measures the
+        reader, not our own commit interval)."""
+        record = await self.send(topic, value, key, headers)
         await self.flush()
+        if record.committed is not None:
+            await asyncio.shield(record.committed)
 
     async def send_to_dlq(self, record: Any, reason: str, error: str, role: str,
                           retry_count: int = 0) -> None:

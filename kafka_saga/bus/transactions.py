@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from .stores import StoreKeeper
 
 Send = Callable[..., Awaitable[Outgoing]]
+# How long a transaction may stay open before its coordinator aborts it: a transaction its
+# producer can no longer finish (the process died, its coordinator moved) holds its readers
+# at read_committed back for at most this long.
+TRANSACTION_TIMEOUT_MS = 60_000
 
 
 class TransactionFailed(RuntimeError):
@@ -59,13 +63,20 @@ class PartitionTransaction:
         self.kafka = kafka or AIOKafkaProducer(
             **bus.options(), acks="all", enable_idempotence=True, linger_ms=settings.linger_ms,
             max_batch_size=256 * 1024, request_timeout_ms=settings.request_timeout_ms,
-            transactional_id=transactional_id, transaction_timeout_ms=60_000)
+            transactional_id=transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
         self.metrics = bus.metrics
         self.open = asyncio.Event()  # set while sends may join the transaction
         self.closed = False
         self.sent = 0  # records in the open transaction
         self.unacked: set[asyncio.Future[Any]] = set()
         self.error: BaseException | None = None  # the first delivery that failed
+        self.committed = self._next_commit()  # done when the open transaction commits
+
+    @staticmethod
+    def _next_commit() -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen: never "never retrieved"
+        return future
 
     async def start(self) -> None:
         """Initialise the transactional id (fencing its previous holder) and begin."""
@@ -86,7 +97,7 @@ class PartitionTransaction:
         if self.closed:
             raise Fenced(f"{self.tp.topic}:{self.tp.partition} is no longer held here; "
                          "its next owner carries on from the last commit")
-        record = Outgoing(topic, value, key, headers or [], partition)
+        record = Outgoing(topic, value, key, headers or [], partition, committed=self.committed)
         future = record.future = await self.kafka.send(topic, value, key=key,
                                                        headers=record.headers, partition=partition)
         self.sent += 1
@@ -123,6 +134,8 @@ class PartitionTransaction:
                 {self.tp: OffsetAndMetadata(offset, "")}, group_id)
         await self.kafka.commit_transaction()
         self.sent = 0
+        done, self.committed = self.committed, self._next_commit()
+        done.set_result(None)
         await self.kafka.begin_transaction()
         self.open.set()
         return True
@@ -131,6 +144,9 @@ class PartitionTransaction:
         """Give the partition up: abort what is open (nothing, after a checkpoint) and stop."""
         self.closed = True
         self.open.set()  # waiting senders wake up and are refused
+        if not self.committed.done():  # whoever waits for the open transaction: it will not commit
+            self.committed.set_exception(Fenced(f"{self.tp.topic}:{self.tp.partition}: the "
+                                                "transaction was given up before it committed"))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.kafka.abort_transaction(), 10)
         with contextlib.suppress(Exception):

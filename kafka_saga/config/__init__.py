@@ -233,8 +233,9 @@ class Settings:
                                           between(0.0, 1.0))
     inventory_timeout_s: float = setting(
         5.0, "INVENTORY_TIMEOUT_S",
-        "Deadline of one inventory try, from the request's acknowledgement (extended until "
-        "the replies were read up to where they ended at the deadline).", number)
+        "Deadline of one inventory try, from when the request became readable (acknowledged; "
+        "under exactly-once, committed), extended until "
+        "the replies were read up to where they ended at the deadline.", number)
     inventory_max_tries: int = setting(3, "INVENTORY_MAX_TRIES", "Inventory tries (>= 1).",
                                        integer, at_least(1))
     state_window: int = setting(

@@ -1,10 +1,11 @@
 """Participant answers that running sagas wait for, read from ``orders.replies``.
 
 A saga asks (e.g. an inventory reservation) and waits for the answer addressed to it. The
-deadline must measure the participant, not this process: it counts from the broker's
-acknowledgement of the request, and when it passes, the wait goes on until this process has
-read ``orders.replies`` up to where that partition ended at the deadline. An answer that was
-already there, unread because the process was busy, is taken; only a participant that
+deadline must measure the participant, not this process: it counts from when the request
+became readable (acknowledged; under exactly-once, committed), and when it passes, the wait
+goes on until this process has read ``orders.replies`` up to where that partition ended at
+the deadline. An answer that was already there, unread because the process was busy (or,
+under exactly-once, behind a transaction still open), is taken; only a participant that
 really did not answer in time times out.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from .. import logs
 from ..bus.client import Bus
+from ..bus.transactions import TRANSACTION_TIMEOUT_MS
 from ..core.contracts import Command, CommandType
 
 log = logs.get("orchestrator")
@@ -69,8 +71,13 @@ class Answers:
         except Exception as exc:  # noqa: BLE001 - no end known: the deadline stands
             log.warning("replies end unknown at a deadline", error=repr(exc)[:200])
             raise TimeoutError from None
+        # Reading may lag behind for two reasons: the process is busy (a deadline's worth of
+        # patience), or, under exactly-once, a transaction still open on orders.replies holds
+        # committed readers back until its coordinator ends it (at most the transaction
+        # time-out), e.g. while a broker's transactions move to another broker.
+        patience = timeout + (TRANSACTION_TIMEOUT_MS / 1000 if self.bus.exactly_once else 0.0)
         while not waiter.done() and self.read.get(partition, 0) < end:
-            if time.monotonic() - expired > timeout:  # the reading itself is stuck: give up
+            if time.monotonic() - expired > patience:  # the reading itself is stuck: give up
                 break
             await asyncio.wait([waiter], timeout=0.05)
         if waiter.done():

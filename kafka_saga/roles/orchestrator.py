@@ -13,8 +13,9 @@ shared loop: written to the orchestrator's changelog at each checkpoint, restore
 assignment together with the tail of ``orders.events`` written since that checkpoint, then
 every unfinished saga resumes. Each saga runs in its own task, bounded by
 ``KAFKA_SAGA_MAX_IN_FLIGHT`` (a commands partition at its share is paused; replies never
-are). The inventory deadline counts from the request's acknowledgement and expires only once
-``orders.replies`` was read up to where it ended then. A sweeper restarts any unfinished saga
+are). The inventory deadline counts from when the request became readable (acknowledged;
+under exactly-once, committed) and expires only once ``orders.replies`` was read up to where
+it ended then (see :mod:`.answers`). A sweeper restarts any unfinished saga
 left without a task. Details: docs/architecture.md and docs/backpressure.md.
 """
 

@@ -13,8 +13,14 @@ from tests.support.logsetup import configured_logs
 
 @pytest.fixture
 def stderr(capsys):
-    with configured_logs("info"):
-        yield capsys
+    client = logging.getLogger("aiokafka")
+    level = client.level  # the short CLI commands silence the client in-process
+    client.setLevel(logging.NOTSET)
+    try:
+        with configured_logs("info"):
+            yield capsys
+    finally:
+        client.setLevel(level)
 
 
 def _lines(capsys) -> list[dict]:
