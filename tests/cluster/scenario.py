@@ -277,7 +277,7 @@ class Scenario:
                                               for o in lost)),
             "events": sum(len(trails.get(o, [])) for o in self.ids), "expected_events": len(TRAIL) * len(self.ids),
             "redelivered_records": redelivered, "redone_steps": redone,
-            "processing": self.bus.processing,
+            "processing": (final or {}).get("processing") or self.bus.processing,  # the runtime's
             "aggregate_orders": sum(live.values()) - 1, "aggregates_match": live == dict(expected),
             "replay_exit": replay.returncode, "replay_output": replay.stdout.strip().splitlines()[-3:],
             "dlq": dict(await dead_letters(self.bus)),

@@ -152,7 +152,8 @@ class Watch:
 def spawn_runtime(settings: Any, log_path: str, roles: str = ALL_BUT_DEMO,
                   **env: str) -> subprocess.Popen[bytes]:
     """``kafka-saga run`` in a process of its own, logging JSON to ``log_path``."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PAYMENT_", "INVENTORY_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PAYMENT_", "INVENTORY_"))
+            or k == "KAFKA_SAGA_PROCESSING"}  # the guarantee the suite is run at
     full = {**base, "PYTHONPATH": ROOT, "LOG_FORMAT": "json", "LOG_LEVEL": "warning",
             "KAFKA_SAGA_TOPIC_PREFIX": settings.topic_prefix, "QUERY_API_PORT": "0",
             "KAFKA_SAGA_PARTITIONS": str(settings.partitions), "PAYMENT_FAILURE_RATE": "0", **env}
