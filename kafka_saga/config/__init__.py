@@ -154,14 +154,13 @@ class Settings:
         "Kafka), off otherwise (Tansu); logged once at start. `true`/`false` force it. "
         "acks=all always.", flag)
     processing: str = setting(
-        "at_least_once", "KAFKA_SAGA_PROCESSING",
-        "Processing guarantee of the consuming roles. `exactly_once`: each input partition's "
-        "checkpoint (outputs, changelog writes, input offsets) is one Kafka transaction and "
-        "the platform's readers read committed records only; the start fails when the broker "
-        "has no transactions. `at_least_once`: flush outputs, then commit; handlers are "
-        "idempotent (the default until the open cluster finding in docs/exactly-once.md is "
-        "settled). `auto`: exactly-once when the broker grants a transactional producer "
-        "id (Apache Kafka), else at-least-once (Tansu). Logged at start, on /metrics.",
+        "auto", "KAFKA_SAGA_PROCESSING",
+        "Processing guarantee of the consuming roles. `auto`: exactly-once when the broker "
+        "grants a transactional producer id (Apache Kafka), else at-least-once (Tansu). "
+        "`exactly_once`: each input partition's checkpoint (outputs, changelog writes, input "
+        "offsets) is one Kafka transaction and the platform's readers read committed records "
+        "only; the start fails when the broker has no transactions. `at_least_once`: flush "
+        "outputs, then commit; handlers are idempotent. Logged at start, on /metrics.",
         lower, one_of("auto", "exactly_once", "at_least_once"))
     linger_ms: int = setting(5, "KAFKA_SAGA_LINGER_MS", "Producer batching delay.", integer)
     fetch_max_wait_ms: int = setting(
