@@ -182,3 +182,19 @@ async def test_bind_does_nothing_at_least_once():
         return scope.get()
 
     assert await asyncio.ensure_future(task()) is None
+
+
+async def test_a_record_is_visible_once_its_own_transaction_commits():
+    """``send_and_wait`` (the inventory request a deadline counts from) waits for this."""
+    txns, fakes = await _opened(_bus(), [TP])
+    txn = txns.by_tp[TP]
+    first = await txn.send("orders.inventory", b"request")
+    fakes[TP].ack_all()
+    assert first.offset == 7 and not first.committed.done()  # acknowledged, not yet readable
+    await txns.commit({TP: 3})
+    assert first.committed.done() and first.committed.exception() is None
+    second = await txn.send("orders.inventory", b"next")  # the next transaction's
+    assert second.committed is not first.committed and not second.committed.done()
+    await txns.close([TP])
+    with pytest.raises(Fenced):
+        await second.committed  # given up: it will never commit here
