@@ -190,21 +190,21 @@ async def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     """Find the order's saga in orders.events, then send an ``OrderReject`` to the partition
-    owning it on orders.replies: the partition its events are on, which is its command's.
+    owning it on orders.replies: its command's, named by its events' reply-partition header.
 
     Every partition is read: the client that wrote the order may have partitioned it with
     any hash and any key, so no partitioner tells where the saga is. The order's saga is its
     first (an order submitted twice has a second saga, which the tracker rejects)."""
-    from .core.contracts import Event
+    from .core.contracts import Event, reply_partition
     from .core.submission import reject_command
 
     bus = Bus(settings)
     key = args.order_id.encode()
-    found: list[tuple[int, int, Event]] = []  # (timestamp, partition, first event of a saga)
+    found: list[tuple[int, int | None, Event]] = []  # (timestamp, partition, first event of a saga)
     sagas: set[str] = set()
 
     def find(record: Any) -> None:
-        if record.key != key:  # the orchestrator keys every event by its order id
+        if key not in record.value:  # cheap: most events are of other orders
             return
         try:
             event = Event.decode(record.value)
@@ -212,7 +212,7 @@ async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
             return
         if event.snapshot.order_id == args.order_id and event.saga_id not in sagas:
             sagas.add(event.saga_id)
-            found.append((record.timestamp or 0, record.partition, event))
+            found.append((record.timestamp or 0, reply_partition(record.headers), event))
 
     await read_topic(bus, bus.topics.events, find, args.timeout)
     if not found:

@@ -107,7 +107,7 @@ async def aggregator(bootstrap: str, orders: int, partitions: int) -> dict:
         if platform.bus is None:
             continue
         by_role = platform.bus.metrics.snapshot()["consumed_by_role"]
-        if first is None and by_role.get("aggregator.rekey", 0) > 0:
+        if first is None and by_role.get("aggregator", 0) > 0:
             first = time.perf_counter()
         if by_role.get("aggregator", 0) >= len(events):
             break

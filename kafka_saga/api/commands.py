@@ -123,7 +123,7 @@ async def cancel_order(request: web.Request) -> web.Response:
         return json_error(409, f"order {order_id!r} is already {status}",
                           order_id=order_id, saga_id=saga_id, order_status=status)
     command = reject_command(order_id, saga_id, snapshot, reason, "api", step=step)
-    # to the saga's own partition (of its events, which is its command's) on orders.replies;
+    # to the saga's own partition (its command's, named by its events) on orders.replies;
     # by key on orders.commands only for a saga whose partition the view was not told
     failed = await _publish(request, command, view.partition(order_id))
     if failed is not None:

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from ..core import topology
 
 TOPIC_ALREADY_EXISTS = 36
+
+
+def user_partition(user: str, partitions: int) -> int:
+    """The partition of ``orders.events`` holding ``user``'s events: murmur2 of the user,
+    as the Java client and aiokafka place a keyed record, chosen explicitly by the
+    orchestrator (the only writer) so no producer setting can move a user."""
+    return (murmur2(user.encode()) & 0x7FFFFFFF) % max(1, partitions)
 
 
 @dataclass(frozen=True)
@@ -37,11 +45,6 @@ class Topics:
     @property
     def dlq(self) -> str:
         return self.name(topology.DLQ)
-
-    @property
-    def events_by_user(self) -> str:
-        """Repartition of ``orders.events`` keyed by user: one aggregator owner per user."""
-        return self.name(topology.EVENTS_BY_USER)
 
     @property
     def inventory(self) -> str:

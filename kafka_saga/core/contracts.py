@@ -229,7 +229,8 @@ class Event(Contract):
 
     @property
     def key(self) -> bytes:
-        return self.snapshot.order_id.encode()
+        """The user: a user's events share a partition (per-user folds and rules are local)."""
+        return self.snapshot.user.encode()
 
     @classmethod
     def new(cls, type_: EventType, snapshot: Snapshot, step: Step, saga_id: str, **extra: Any) -> Event:

@@ -1,6 +1,6 @@
 """The aggregate fold: order events -> per-user aggregates, a state store. Pure, no I/O.
 
-The aggregator (live, one fold per partition of ``orders.events.by-user``) and the
+The aggregator (live, one fold per partition of ``orders.events``) and the
 replayer (event sourcing, :mod:`kafka_saga.replay`) both use :class:`AggregateFold`, so
 a replay equals the live read model by construction.
 
@@ -20,7 +20,7 @@ and redeliveries follow their saga closely, and the orchestrator refuses a late 
 beyond its own window of finished sagas (counted per commands partition, so the two
 windows are alike, not equal). The window counts the orders of one fold — of one partition,
 whatever its users — so it bounds a fold's memory; the replay keeps one fold per partition
-of ``orders.events.by-user`` to count it the same way. Open orders and the per-user
+of ``orders.events`` to count it the same way. Open orders and the per-user
 aggregates (the output) are never forgotten.
 
 **Changelog** (:class:`~kafka_saga.core.store.Journal`; keys marked as they change, values

@@ -79,7 +79,6 @@ _EVENTS = tuple(t.value for t in EventType)
 COMMANDS = "orders.commands"
 REPLIES = "orders.replies"
 EVENTS = "orders.events"
-EVENTS_BY_USER = "orders.events.by-user"
 AGGREGATES = "orders.aggregates"
 INVENTORY = "orders.inventory"
 DLQ = "orders.dlq"
@@ -106,18 +105,19 @@ TOPICS: tuple[TopicSpec, ...] = (
               "(flow-controlled: paused while the orchestrator is at its in-flight bound).",
               _COMMANDS, external_senders=("client",)),
     TopicSpec(REPLIES, "ordersReplies",
-              "order_id; partition: the saga's (explicit, from the request's reply-partition "
-              "header, or the partition of the saga's events)",
+              "order_id; partition: the saga's (explicit, from the reply-partition header of "
+              "the request or event it answers)",
               "Messages to running sagas: the inventory participant's InventoryReserved/"
               "InventoryRefused, the tracker's OrderReject, cancels (API, CLI). Never paused.",
               (CommandType.INVENTORY_RESERVED.value, CommandType.INVENTORY_REFUSED.value,
                CommandType.ORDER_REJECT.value),
               external_senders=("cli",)),
-    TopicSpec(EVENTS, "ordersEvents", "order_id; partition: the saga's command partition (explicit)",
-              "Every saga state transition, in order per saga.", _EVENTS,
+    TopicSpec(EVENTS, "ordersEvents",
+              "user; partition: murmur2 of the user (explicit); header reply-partition: the "
+              "saga's commands partition",
+              "Every saga state transition, in order per saga and per user (a user's events "
+              "are on one partition).", _EVENTS,
               external_readers=("replay",)),
-    TopicSpec(EVENTS_BY_USER, "ordersEventsByUser", "user",
-              "orders.events re-keyed by user (aggregator stage).", _EVENTS),
     TopicSpec(AGGREGATES, "ordersAggregates", "user",
               "Per-user snapshots (compacted: the latest wins; a null value deletes the user "
               "from the query view).", ("UserAggregate",),
@@ -142,13 +142,12 @@ TOPICS: tuple[TopicSpec, ...] = (
 # the orchestrator, the inventory participant before the sagas that ask it, the read side
 # last but the demo); the supervisor stops them in reverse.
 ROLES: tuple[RoleSpec, ...] = (
-    RoleSpec("aggregator", "Per-user aggregates: re-keys orders.events by user, folds them, "
+    RoleSpec("aggregator", "Per-user aggregates: folds orders.events (partitioned by user), "
              "publishes snapshots to the compacted orders.aggregates.",
-             groups=(Group("aggregator.rekey", (EVENTS,)), Group("aggregator", (EVENTS_BY_USER,),
-                                                                    changelog=AGGREGATOR_STATE)),
-             produces=(EVENTS_BY_USER, AGGREGATES, AGGREGATOR_STATE),
+             groups=(Group("aggregator", (EVENTS,), changelog=AGGREGATOR_STATE),),
+             produces=(AGGREGATES, AGGREGATOR_STATE),
              settings=("KAFKA_SAGA_STATE_WINDOW",),
-             notes="The re-key stage puts each user in exactly one partition; the fold is "
+             notes="Each user is on exactly one partition of orders.events; the fold is a "
                    "per-partition state store, restored from its changelog; one snapshot per "
                    "changed user per batch."),
     RoleSpec("tracker", "Choreography: checks the event stream against rules and asks for "
@@ -156,10 +155,11 @@ ROLES: tuple[RoleSpec, ...] = (
              groups=(Group("tracker", (EVENTS,), dead_letters=False, changelog=TRACKER_STATE),),
              produces=(REPLIES, TRACKER_STATE),
              settings=("TRACKER_VELOCITY_LIMIT", "KAFKA_SAGA_STATE_WINDOW"),
-             notes="Rules price_integrity, duplicate_order, velocity (off by default); command "
-                   "id tracker:{rule}:{saga_id}, at the partition of the event that broke the "
-                   "rule (the saga's). Skips unreadable events: the re-key stage dead-letters "
-                   "them."),
+             notes="Rules price_integrity, duplicate_order, velocity (off by default), all "
+                   "partition-local (a user is on one partition); command id "
+                   "tracker:{rule}:{saga_id}, at the saga's partition of orders.replies (the "
+                   "event's reply-partition header). Skips unreadable events: the aggregator "
+                   "dead-letters them."),
     RoleSpec("inventory", "Saga participant: reserves and releases stock, one owner per item; "
              "answers on orders.replies.",
              groups=(Group("inventory", (INVENTORY,), changelog=INVENTORY_STATE),),
@@ -174,11 +174,13 @@ ROLES: tuple[RoleSpec, ...] = (
              settings=("KAFKA_SAGA_MAX_IN_FLIGHT", "PAYMENT_FAILURE_RATE", "PAYMENT_TIMEOUT_S",
                        "PAYMENT_MAX_RETRIES", "PAYMENT_BACKOFF_S", "INVENTORY_TIMEOUT_S",
                        "INVENTORY_MAX_TRIES", "KAFKA_SAGA_STATE_WINDOW", "KAFKA_SAGA_CATALOG"),
-             notes="Co-partitioned group (range assignment; equal partition counts checked at "
-                   "start); one task per saga, at most KAFKA_SAGA_MAX_IN_FLIGHT per process "
-                   "(commands partitions paused at the bound); restores a partition's sagas "
-                   "from its changelog plus the orders.events written since the last "
-                   "checkpoint, and resumes the unfinished ones."),
+             notes="Co-partitioned group over commands and replies (range assignment; equal "
+                   "partition counts checked at start); one task per saga, at most "
+                   "KAFKA_SAGA_MAX_IN_FLIGHT per process (commands partitions paused at the "
+                   "bound); writes a saga's events to its user's partition with the saga's "
+                   "partition in a header; restores a partition's sagas from its changelog "
+                   "plus the orders.events written since the last checkpoint (on every events "
+                   "partition), and resumes the unfinished ones."),
     RoleSpec("dlq", "Reads orders.dlq (counts and logs by reason) and audits orders.aggregates.",
              groups=(Group("dlq", (DLQ,), dead_letters=False),
                      Group("dlq.aggregates-audit", (AGGREGATES,))),

@@ -1,8 +1,8 @@
 """The orders read model: a fold of ``orders.events`` into per-order and per-saga views.
 
 Pure apart from asyncio futures (for :meth:`OrdersView.wait_terminal`); no I/O. Events of one
-saga arrive in order (all on the partition of its command, see :meth:`OrdersView.partition`);
-events of different sagas interleave freely. The fold is idempotent through the saga state machine itself
+saga arrive in order (all on its user's partition; :meth:`OrdersView.partition` gives the
+saga's own); events of different sagas interleave freely. The fold is idempotent through the saga state machine itself
 (:meth:`kafka_saga.core.saga.Saga.apply`): an event it would not act on — a redelivery, a
 repeated step, an approval after the end, a second terminal outcome — changes nothing.
 
@@ -84,8 +84,8 @@ class OrdersView:
     # --- folding ------------------------------------------------------------------------
 
     def apply(self, event: Event, partition: int = -1) -> bool:
-        """Fold one event (read from ``partition`` of orders.events, when told); return False
-        when it changed nothing (a duplicate or a no-op)."""
+        """Fold one event (``partition``: the saga's, from its reply-partition header, when
+        told); return False when it changed nothing (a duplicate or a no-op)."""
         record = self.sagas.get(event.saga_id)
         if record is not None:
             return self._apply(record, event)
@@ -255,8 +255,8 @@ class OrdersView:
         return self.sagas[saga_id] if saga_id is not None else None
 
     def partition(self, order_id: str) -> int | None:
-        """The partition of orders.events the order's saga is on, evicted or not: the
-        partition of its command, which owns the saga (None when unknown or not told)."""
+        """The partition owning the order's saga, evicted or not: that of its command,
+        named by its events' reply-partition header (None when unknown or not told)."""
         record = self.owner(order_id)
         if record is not None:
             return record.partition if record.partition >= 0 else None

@@ -11,7 +11,7 @@ from .. import logs
 from ..bus.client import Bus
 from ..bus.follow import TopicFollower
 from ..core.catalog import Catalog
-from ..core.contracts import ContractError, Event, UserAggregate
+from ..core.contracts import ContractError, Event, UserAggregate, reply_partition
 from ..core.dead_letters import DeadLetter, read_dead_letter
 from .orders import ORDERS_MAX, OrdersView
 
@@ -120,7 +120,9 @@ class ReadModel:
         except ContractError:
             self.malformed_events += 1
             return
-        self.orders.apply(event, record.partition)  # the saga's partition: where rejects go
+        # the saga's partition (its event's reply-partition header): where rejects go
+        partition = reply_partition(record.headers)
+        self.orders.apply(event, -1 if partition is None else partition)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:

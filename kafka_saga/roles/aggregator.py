@@ -1,17 +1,15 @@
 """aggregator: per-user aggregates from ``orders.events``, published to compacted ``orders.aggregates``.
 
-Two stages, both on the shared consume loop:
-
-1. **re-key** — ``orders.events`` (keyed by order) -> ``orders.events.by-user`` (keyed by
-   user), bytes unchanged. Every user then lives in exactly one partition, so competing
-   workers (``AGGREGATOR_WORKERS``) never write the same user's snapshot concurrently.
-2. **fold** — ``orders.events.by-user`` -> :class:`~kafka_saga.core.fold.AggregateFold`
-   per owned partition -> one snapshot per changed user and batch.
+``orders.events`` is partitioned by user (the orchestrator writes each event to its user's
+partition), so every user lives in exactly one partition: the fold of each owned partition
+(:class:`~kafka_saga.core.fold.AggregateFold`) is complete for its users, and competing
+workers (``AGGREGATOR_WORKERS``) never write the same user's snapshot concurrently. One
+snapshot per changed user and batch.
 
 The fold of each partition is a state store of the shared loop, restored from
 ``orders.aggregator.changelog`` when the partition is assigned (docs/state-stores.md), so a
-restart or a rebalance never loses state; replay applies the same window, so it equals the
-live view.
+restart or a rebalance never loses state; replay folds each partition the same way with the
+same window, so it equals the live view.
 """
 
 from __future__ import annotations
@@ -39,12 +37,6 @@ class AggregatorRole(Role):
             lambda _tp: AggregateFold(window=ctx.settings.state_window), self._drop_dirty)
         self.dirty: dict[str, AggregateFold] = {}
 
-    # --- stage 1: re-key ---
-    def rekey(self, event: Event, record: Any) -> list[Emit]:
-        return [Emit(self.ctx.bus.topics.events_by_user, record.value, event.snapshot.user.encode(),
-                     headers=list(record.headers or ()))]
-
-    # --- stage 2: fold ---
     def fold(self, event: Event, _record: Any, fold: AggregateFold) -> None:
         user = fold.apply(event)
         if user is not None:
@@ -69,11 +61,8 @@ class AggregatorRole(Role):
         self.dirty = {u: f for u, f in self.dirty.items() if f is not fold}
 
     def subscriptions(self) -> list[Subscription]:
-        return [
-            self.subscription("aggregator.rekey", Event.decode_shared, self.rekey),
-            self.subscription("aggregator", Event.decode_shared, self.fold, state=self.folds,
-                              on_batch_end=self.publish),
-        ]
+        return [self.subscription("aggregator", Event.decode_shared, self.fold, state=self.folds,
+                                  on_batch_end=self.publish)]
 
     def health(self) -> dict[str, Any]:
         return {"partitions": self.folds.partitions(),

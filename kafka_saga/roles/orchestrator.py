@@ -3,8 +3,9 @@
 Reads ``orders.commands`` (``OrderCreate``, any key, any partitioner) and ``orders.replies``
 (the inventory role's answers, the tracker's rejects, cancels) in one group, co-partitioned
 (range assignment; equal partition counts checked at start). A saga belongs to the partition
-its ``OrderCreate`` was read from, and everything of it goes to that partition number
-explicitly: its events on ``orders.events``, its answers and rejects on ``orders.replies``.
+its ``OrderCreate`` was read from: its answers and rejects come to that partition number of
+``orders.replies``, named in the ``reply-partition`` header of each request and each event it
+writes. Its events go to its user's partition of ``orders.events`` (see :mod:`.saga_books`).
 
 Every transition goes out as an event before the saga moves on, acknowledged before the saga
 waits on the inventory or reports an end; steps repeated after a crash are idempotent.
@@ -266,8 +267,8 @@ class OrchestratorRole(Role):
         await self.bus.producer.send(self.bus.topics.inventory, request.encode(), request.key)
 
     async def emit(self, saga: Saga, event: Event, flush: bool = True) -> None:
-        """Record a transition: apply it, publish it to the saga's partition of orders.events
-        (its command's), then note it in the saga's book; (by default) wait until durable.
+        """Record a transition: apply it, publish it to the saga's user's partition of
+        orders.events, then note it in the saga's book; (by default) wait until durable.
         The book notes it only once the event is handed to the producer: a checkpoint never
         holds a state whose event could still be lost."""
         await self.fence.owned()  # a paused process writes nothing until it knows it may
@@ -343,11 +344,12 @@ class OrchestratorRole(Role):
 
     async def run(self, stop: asyncio.Event) -> None:
         self.fence.refused = self.bus.metrics.fenced.labels(role=self.name)
-        topics = self.bus.topics  # a saga's partition number is used on all three
+        topics = self.bus.topics  # a saga's partition number is used on both
         await self.bus.require_copartitioned(
-            (topics.commands, topics.events, topics.replies),
-            "the orchestrator needs the same count on all three (a saga's events and replies "
-            "go to its command's partition number)")
+            (topics.commands, topics.replies),
+            "the orchestrator needs the same count on both (a saga's replies go to its "
+            "command's partition number)")
+        self.books.events_partitions = len(await self.bus.partitions(topics.events))
         commands = self.subscription(
             "orchestrator", Command.decode, self.on_command, state=self.books.states,
             on_assigned=self.assigned, on_revoked=self.revoked, in_flight=self.limit,

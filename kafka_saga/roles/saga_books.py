@@ -1,14 +1,20 @@
 """The orchestrator's sagas as state stores on the shared loop: one
 :class:`~kafka_saga.core.sagabook.SagaBook` per ``orders.commands`` partition.
 
-Each saga transition is published to ``orders.events`` first and noted in its book after:
-a checkpoint never holds a state whose event could still be lost. At a checkpoint the loop
-takes the books' journals (the cut), flushes the outputs, then asks each book to seal: the
-lowest offset of the events sent before the cut, per events partition, is where the events
-not yet in the changelog begin. A restore loads a book from the changelog, then feeds it
-that tail of ``orders.events`` (see the book's docstring): the sagas come back exactly as
-their events left them, and the cost follows the live sagas and one commit interval of
-events, not the history.
+A saga's events go to its user's partition of ``orders.events`` (so the aggregator and the
+tracker find a user on one partition), with the saga's commands partition in the
+``reply-partition`` header; the saga's state never depends on where its events are: it is
+in the orchestrator's own changelog, co-partitioned with ``orders.commands``.
+
+Each transition is published first and noted in its book after: a checkpoint never holds a
+state whose event could still be lost. At a checkpoint the loop takes the books' journals
+(the cut), flushes the outputs, then asks each book to seal: for every events partition,
+the offset from which the book's events not yet in the changelog may be found (the lowest
+of its events sent since the cut before this one, else past everything this process has
+seen written there). A restore loads a book from the changelog, then feeds it that tail of
+``orders.events`` (see the book's docstring): the sagas come back exactly as their events
+left them, and the cost follows the live sagas and about one commit interval of events,
+not the history.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from ..bus.client import Bus
 from ..bus.follow import read_topic
 from ..bus.handling import PartitionStates
 from ..bus.producer import Outgoing
-from ..core.contracts import Event, EventType
+from ..bus.topics import user_partition
+from ..core.contracts import REPLY_PARTITION, Event, EventType
 from ..core.saga import Saga
 from ..core.sagabook import EVENTS_FROM, SagaBook
 
@@ -35,13 +42,18 @@ def partition_of(saga: Saga) -> int:
 
 
 class _Send:
-    """An event on its way: registered before it is handed to the producer, so a checkpoint
-    taken meanwhile knows an offset is still to come."""
+    """An event on its way to ``partition`` of orders.events: registered before it is handed
+    to the producer, so a checkpoint taken meanwhile knows an offset is still to come."""
 
-    __slots__ = ("record",)
+    __slots__ = ("partition", "record")
 
-    def __init__(self) -> None:
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
         self.record: Outgoing | None = None
+
+    @property
+    def offset(self) -> int | None:
+        return self.record.offset if self.record is not None else None
 
 
 class SagaBooks:
@@ -55,14 +67,18 @@ class SagaBooks:
         self.owned: set[int] = set()  # commands partitions assigned (parked books are not)
         self.sends: dict[int, list[_Send]] = {}  # events sent since the last cut
         self.cut: dict[int, list[_Send]] = {}  # those of the checkpoint under way
+        self.events_partitions = 1  # of orders.events (set by the role at start)
+        self.written: dict[int, int] = {}  # events partition -> highest offset seen written
         self.restored = 0  # sagas restored (changelog and events tail), in all
 
     async def publish(self, saga: Saga, event: Event, partition: int) -> None:
-        """Send a transition already applied to ``saga``, then note the saga in its book."""
-        send = _Send()
+        """Send a transition already applied to ``saga`` to its user's partition of
+        orders.events (``partition``: the saga's, in the header), then note it in its book."""
+        send = _Send(user_partition(saga.snapshot.user, self.events_partitions))
         self.sends.setdefault(partition, []).append(send)
+        headers = [(REPLY_PARTITION, str(partition).encode())] if partition >= 0 else []
         send.record = await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key,
-                                                   partition=partition if partition >= 0 else None)
+                                                   partition=send.partition, headers=headers)
         book = self.states.by_partition.get(partition)
         if book is not None:
             if saga.saga_id in book.live:
@@ -91,16 +107,34 @@ class SagaBooks:
         self.cut[partition] = self.sends.pop(partition, [])
 
     def _seal(self, partition: int, book: SagaBook) -> dict[str, bytes]:
-        """After the flush: where the events written after the cut start (the lowest offset
-        of the cut's, per events partition); kept as it was while an offset is unknown."""
+        """After the flush: per events partition, where the book's events not in this
+        checkpoint may start. Where the book sent events since the cut before this one, the
+        lowest of their offsets (kept as it was while one is unknown); elsewhere, past the
+        highest offset this process has seen written there (whatever the book sends later
+        lands after it). Sealed only when it moved."""
+        pending = self.cut.pop(partition, []) + self.sends.get(partition, [])
+        for send in pending:
+            offset = send.offset
+            if offset is not None and offset > self.written.get(send.partition, -1):
+                self.written[send.partition] = offset
         lowest: dict[int, int] = {}
-        for send in self.cut.pop(partition, []):
-            record = send.record
-            offset = record.offset if record is not None else None
-            if record is None or offset is None or record.partition is None:
-                return {}
-            lowest[record.partition] = min(offset, lowest.get(record.partition, offset))
-        return {EVENTS_FROM: book.set_events_from(lowest)} if lowest else {}
+        unknown: set[int] = set()
+        for send in pending:
+            offset = send.offset
+            if offset is None:
+                unknown.add(send.partition)
+            else:
+                lowest[send.partition] = min(offset, lowest.get(send.partition, offset))
+        moved = {}
+        for events_partition in range(self.events_partitions):
+            if events_partition in unknown:
+                continue
+            start = lowest.get(events_partition)
+            if start is None and events_partition in self.written:
+                start = self.written[events_partition] + 1
+            if start is not None and start > book.events_from.get(events_partition, -1):
+                moved[events_partition] = start
+        return {EVENTS_FROM: book.set_events_from(moved)} if moved else {}
 
     # --- rebalance ---
     async def assigned(self, committed: dict[TopicPartition, int]) -> list[SagaBook]:
@@ -123,10 +157,11 @@ class SagaBooks:
         return lost
 
     async def _read_events_tail(self, fresh: list[SagaBook]) -> None:
-        """Feed each restored book the events written after its last checkpoint."""
+        """Feed each restored book the events written after its last checkpoint, from every
+        events partition (a book without a seal reads them from the beginning, once)."""
         start: dict[int, int] = {}
         for book in fresh:
-            for events_partition in {book.partition, *book.events_from}:
+            for events_partition in range(self.events_partitions):
                 offset = book.events_from.get(events_partition, 0)
                 start[events_partition] = min(offset, start.get(events_partition, offset))
 
@@ -145,7 +180,12 @@ class SagaBooks:
 
         reader = await read_topic(self.bus, self.bus.topics.events, apply, partitions=sorted(start),
                                   start=start)
+        ends = {tp.partition: end for tp, end in reader.target.items()}
         for book in fresh:
             book.caught_up = True
             self.restored += len(book)
+            # read up to there: the next seal starts from the ends where the book sends nothing
+            moved = {p: e for p, e in ends.items() if e > book.events_from.get(p, -1)}
+            if moved:
+                book.journal.put(EVENTS_FROM, book.set_events_from(moved))
         log.info("orders.events tail read", partitions=sorted(start), events=reader.records)

@@ -1,12 +1,13 @@
 """tracker: validates the order event stream and asks for rejections (choreography).
 
 Consumes ``orders.events`` (group ``kafka-saga.tracker``), applies
-:class:`~kafka_saga.core.rules.TrackerRules` per owned partition, and for each broken rule
-publishes an ``OrderReject`` command on ``orders.replies`` at the partition of the event that
-broke it (a saga's events are all on its command's partition, the one owning the saga,
-whatever partitioner the client used), with a deterministic ``command_id``
-``tracker:{rule}:{saga_id}``. It never talks to the
-orchestrator directly: the orchestrator reads the command like any other.
+:class:`~kafka_saga.core.rules.TrackerRules` per owned partition (a user's events are all on
+one partition, so the per-user rules are partition-local), and for each broken rule
+publishes an ``OrderReject`` command on ``orders.replies`` at the saga's partition, named by
+the event's ``reply-partition`` header (the partition of the saga's command, the one owning
+the saga, whatever partitioner the client used), with a deterministic ``command_id``
+``tracker:{rule}:{saga_id}``. It never talks to the orchestrator directly: the orchestrator
+reads the command like any other.
 
 The rules of each partition are a state store of the shared loop, restored from
 ``orders.tracker.changelog`` when the partition is assigned (docs/state-stores.md). A crash
@@ -16,8 +17,8 @@ ids: at-least-once) or not at all if the restored store already saw them fire.
 Options (YAML role list ``tracker: {...}``, else the settings):
 
 * ``velocity_limit`` (else ``Settings.tracker_velocity_limit``, ``TRACKER_VELOCITY_LIMIT``): max orders per user per 60 s of event
-  time (0, the default, disables the rule). The window is shared by the partitions this
-  process owns.
+  time (0, the default, disables the rule). A user's orders are all on one partition, so
+  the count is complete in whichever process owns it.
 * ``max_sagas`` (role list only): sagas remembered per partition (default: the state
   window, ``Settings.state_window``, ``KAFKA_SAGA_STATE_WINDOW``).
 """
@@ -33,7 +34,7 @@ from ..bus.handling import Emit, PartitionStates
 from ..bus.loop import Subscription
 from ..config import non_negative_int
 from ..core.catalog import Catalog
-from ..core.contracts import Event
+from ..core.contracts import Event, reply_partition
 from ..core.rules import TrackerRules, VelocityWindow, reject_command
 from .base import Role
 
@@ -73,23 +74,25 @@ class TrackerRole(Role):
     # --- the loop's callbacks ---
     def handle(self, event: Event, record: Any, rules: TrackerRules) -> list[Emit]:
         """Each broken rule becomes a reject on the saga's partition of ``orders.replies``
-        (that of the event: a saga's events are on its command's partition), never behind
-        new orders, never by a key hash a client's partitioner may disagree with."""
+        (the event's reply-partition header), never behind new orders, never by a key hash a
+        client's partitioner may disagree with (by key only for an event without the header,
+        not written by the orchestrator)."""
         out = []
         for violation in rules.observe(event):
             command = reject_command(violation)
+            partition = reply_partition(record.headers)
             out.append(Emit(self.ctx.bus.topics.replies, command.encode(), command.key,
-                            partition=record.partition))
+                            partition=partition))
             self.rejected += 1
             log.warning("rule broken, order reject requested", order_id=violation.order_id,
                         saga_id=violation.saga_id, rule=violation.rule, reason=violation.reason,
                         detail=violation.detail, event_type=violation.event.type.value,
-                        command_id=command.command_id, partition=record.partition,
+                        command_id=command.command_id, partition=partition,
                         offset=record.offset)
         return out
 
     def subscriptions(self) -> list[Subscription]:
-        # not dead-lettering (declared): the aggregator's re-key stage owns orders.events
+        # not dead-lettering (declared): the aggregator owns orders.events
         return [self.subscription("tracker", Event.decode_shared, self.handle, state=self.rules)]
 
     def health(self) -> dict[str, Any]:

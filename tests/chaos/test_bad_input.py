@@ -124,7 +124,7 @@ def _letters_by_origin(letters: list) -> dict[tuple[str, int, int], list]:
 async def test_malformed_records_on_every_topic_are_dead_lettered_once(platform, settings, bus):
     clock = time.monotonic()
     topics = bus.topics
-    owner = {topics.commands: ("orchestrator", Command), topics.events: ("aggregator.rekey", Event),
+    owner = {topics.commands: ("orchestrator", Command), topics.events: ("aggregator", Event),
              topics.aggregates: ("dlq", UserAggregate)}
     bad = {topics.commands: corpus.malformed_commands(), topics.events: corpus.malformed_events(),
            topics.aggregates: corpus.malformed_aggregates()}
@@ -282,7 +282,7 @@ async def test_malformed_records_on_every_topic_are_dead_lettered_once(platform,
     assert metrics["dlq"] == len(expected)  # dead-lettered once each, by the owning group
     assert metrics["dlq_read"] == len(expected) + copies
     assert metrics["role_restarts"] == 0 and metrics.get("skipped", len(bad[topics.events])) == len(
-        bad[topics.events])  # the tracker skipped each bad event once (the re-key dead-lettered it)
+        bad[topics.events])  # the tracker skipped each bad event once (the aggregator dead-lettered it)
     assert model.malformed_events == len(bad[topics.events])
     assert model.malformed_aggregates == len(bad[topics.aggregates])
 

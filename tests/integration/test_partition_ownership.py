@@ -2,10 +2,11 @@
 
 Commands are written by confluent-kafka with librdkafka's DEFAULT partitioner (crc32 of the
 key, a random partition without one), keyed by the order id, by another key, or not keyed.
-Everything of a saga must then be addressed to that partition explicitly: its events on
-``orders.events``, the tracker's rejects and the cancels (API, CLI) on ``orders.replies``,
-and a dead letter re-injected into ``orders.commands``. Topics with unequal partition counts
-stop the orchestrator with one clear line.
+Everything addressed to a saga must then go to that partition explicitly: the tracker's
+rejects and the cancels (API, CLI) on ``orders.replies`` (found in the ``reply-partition``
+header of the saga's events, which are on its user's partition of ``orders.events``), and a
+dead letter re-injected into ``orders.commands``. Commands and replies with unequal
+partition counts stop the orchestrator with one clear line.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from confluent_kafka import Producer
 
 from kafka_saga.bus import reinject
 from kafka_saga.bus.follow import read_topic
-from kafka_saga.core.contracts import REINJECTED_HEADER, Command, CommandType, Event, headers_dict
+from kafka_saga.bus.topics import user_partition
+from kafka_saga.core.contracts import (
+    REINJECTED_HEADER,
+    Command,
+    CommandType,
+    Event,
+    headers_dict,
+    reply_partition,
+)
 
 from ..support.burst import spawn_runtime
 from ..support.foreign import KEYS, murmur2_partition, write_with_librdkafka
@@ -55,7 +64,7 @@ async def _rejects_on_replies(bus) -> list[tuple[int, Command]]:
             and c.metadata.get("source") != "inventory"]
 
 
-async def test_every_event_of_a_saga_is_on_its_command_partition(platform, bus):
+async def test_every_event_of_a_saga_is_on_its_users_partition_and_names_its_own(platform, bus):
     await platform.start("orchestrator", "inventory")
     commands, landed = [], []
     for keying in KEYS:
@@ -66,14 +75,18 @@ async def test_every_event_of_a_saga_is_on_its_command_partition(platform, bus):
     assert any(p != murmur2_partition(c.key, partitions) for c, p in zip(commands, landed, strict=True))
     await wait_terminal(bus, *commands)
     where: dict[str, set[int]] = defaultdict(set)
+    named: dict[str, set[int | None]] = defaultdict(set)
     created: dict[str, Event] = {}
     for record in await _records(bus, bus.topics.events):
         event = Event.decode(record.value)
         where[event.saga_id].add(record.partition)
+        named[event.saga_id].add(reply_partition(record.headers))
         if event.type.value == "OrderCreated":
             created[event.saga_id] = event
     for command, partition in zip(commands, landed, strict=True):
-        assert where[command.saga_id] == {partition}, (command.snapshot.order_id, where[command.saga_id])
+        user = command.snapshot.user
+        assert where[command.saga_id] == {user_partition(user, partitions)}, where[command.saga_id]
+        assert named[command.saga_id] == {partition}, (command.snapshot.order_id, named[command.saga_id])
         assert created[command.saga_id].metadata["command_partition"] == str(partition)
 
 
@@ -162,7 +175,7 @@ async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_lin
     admin = bus.admin()
     await admin.start()
     try:
-        created = await admin.create_topics([NewTopic(bus.topics.events, settings.partitions + 1,
+        created = await admin.create_topics([NewTopic(bus.topics.replies, settings.partitions + 1,
                                                       settings.replication_factor or 1)])
         assert [code for _, code, *_ in created.topic_errors] == [0]
     finally:
@@ -178,5 +191,5 @@ async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_lin
     assert len(lines) == 1, lines
     [line] = lines
     assert line["event"] == "role misconfigured: stopping the process", line
-    assert f"{bus.topics.events} has {settings.partitions + 1} partitions" in line["error"]
+    assert f"{bus.topics.replies} has {settings.partitions + 1} partitions" in line["error"]
     assert "Traceback" not in json.dumps(lines)

@@ -41,7 +41,7 @@ async def test_sigterm_commits_offsets_and_exits_zero(settings, bus, tmp_path):
                   _env(KAFKA_SAGA_TOPIC_PREFIX=settings.topic_prefix,
                        KAFKA_SAGA_PARTITIONS=str(settings.partitions)), log_path)
     try:
-        group = bus.topics.group("aggregator.rekey")
+        group = bus.topics.group("aggregator")
         consumed = await eventually(
             lambda: _consumed(log_path, proc), timeout=60, what="runtime consuming")
         assert consumed

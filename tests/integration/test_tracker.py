@@ -11,7 +11,15 @@ from aiokafka import TopicPartition
 from kafka_saga.bus.follow import read_topic
 from kafka_saga.config import Settings
 from kafka_saga.core.catalog import Catalog
-from kafka_saga.core.contracts import Command, CommandType, Event, EventType, Snapshot, Step
+from kafka_saga.core.contracts import (
+    Command,
+    CommandType,
+    Event,
+    EventType,
+    Snapshot,
+    Step,
+    reply_partition,
+)
 from kafka_saga.core.fields import canonical_time
 
 from ..support.orders import produce_events
@@ -57,10 +65,12 @@ EXPECTED = {
 
 
 async def commands(bus) -> list[tuple[Command, bytes]]:
-    """The tracker's rejects: on orders.replies, each at the partition of the saga's events."""
+    """The tracker's rejects: on orders.replies, each at the saga's partition (the one its
+    events name in their reply-partition header)."""
     events: list = []
     await read_topic(bus, bus.topics.events, events.append, 30)
-    where = {Event.decode(r.value).saga_id: r.partition for r in events}
+    where = {Event.decode(r.value).saga_id: reply_partition(r.headers) for r in events}
+    assert None not in where.values()
     records: list = []
     await read_topic(bus, bus.topics.replies, records.append, 30)
     found = [(Command.decode(r.value), r.key, r.partition) for r in records]
@@ -97,7 +107,8 @@ def tracker(platform):
 async def test_tracker_rejects_once_across_redelivery_and_restart(platform, settings, bus):
     await platform.start("tracker")
     events = scenario()
-    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, events)
+    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, events,
+                            settings.partitions)
 
     found = await eventually(lambda: at_least(bus, 3), timeout=60, what="three reject commands")
     await eventually(lambda: caught_up(bus), timeout=30, what="tracker caught up")
@@ -113,7 +124,8 @@ async def test_tracker_rejects_once_across_redelivery_and_restart(platform, sett
     assert by_saga["saga-late"].snapshot.price_cents == 5
 
     # Redelivery (the same events produced again): the fired set is in memory, nothing new.
-    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, events)
+    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, events,
+                            settings.partitions)
     await eventually(lambda: caught_up(bus), timeout=30, what="redelivery consumed")
     assert len(await commands(bus)) == 3
 
@@ -123,7 +135,7 @@ async def test_tracker_rejects_once_across_redelivery_and_restart(platform, sett
     await platform.start("tracker", workers={"tracker": 2})
     fresh = event(EventType.ORDER_CREATED, "saga-new-bad", snap("o-new", price=7))
     await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events,
-                            [*events, fresh])
+                            [*events, fresh], settings.partitions)
     found = await eventually(lambda: at_least(bus, 4), timeout=60, what="the new offence")
     await eventually(lambda: caught_up(bus), timeout=30, what="tracker caught up after restart")
     found = await commands(bus)
@@ -146,7 +158,8 @@ async def test_velocity_rule_from_the_environment(platform, settings, bus):
     orders = [event(EventType.ORDER_CREATED, f"saga-v{i}", snap(f"o-v{i}", user="busy"), at=i)
               for i in range(4)]
     orders.append(event(EventType.ORDER_CREATED, "saga-calm", snap("o-calm", user="calm"), at=1))
-    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, orders)
+    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, orders,
+                            settings.partitions)
     # one process owns every partition, so the window sees all of the user's orders; which
     # orders exceed the limit depends on the order in which partitions are read
     found = await eventually(lambda: at_least(bus, 2), timeout=60, what="two velocity rejects")

@@ -62,7 +62,7 @@ async def leader_of(cluster: KafkaCluster, topic: str, partition: int) -> int:
 async def coordinators(cluster: KafkaCluster, settings: Settings) -> dict[str, int]:
     """The node coordinating each consumer group of the platform (FindCoordinator)."""
     topics = Bus(settings).topics
-    groups = ("orchestrator", "inventory", "tracker", "aggregator.rekey", "aggregator",
+    groups = ("orchestrator", "inventory", "tracker", "aggregator",
               "dlq", "dlq.aggregates-audit")
     client = AIOKafkaClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=5000)
     try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import zlib
 from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaProducer  # kafka-python: a second, independent Kafka client
 
-from kafka_saga.core.contracts import Event, EventType, Snapshot, Step, new_id
+from kafka_saga.core.contracts import REPLY_PARTITION, Event, EventType, Snapshot, Step, new_id
 from kafka_saga.core.fields import canonical_time
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
@@ -63,5 +64,24 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes 
         producer.close(5)
 
 
-def produce_events(bootstrap: str, topic: str, events: list[Event]) -> None:
-    produce(bootstrap, topic, [(e.key, e.encode()) for e in events])
+def saga_partition(saga_id: str, partitions: int) -> int:
+    """A stable stand-in for the commands partition owning a saga (events written here)."""
+    return zlib.crc32(saga_id.encode()) % partitions
+
+
+def produce_events(bootstrap: str, topic: str, events: list[Event], saga_partitions: int = 0) -> None:
+    """Write events as the orchestrator does: keyed by user (so on the user's partition,
+    murmur2) and, with ``saga_partitions``, naming their saga's partition in the
+    reply-partition header."""
+    if not saga_partitions:
+        produce(bootstrap, topic, [(e.key, e.encode()) for e in events])
+        return
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
+                             enable_idempotence=False)
+    try:
+        for e in events:
+            header = str(saga_partition(e.saga_id, saga_partitions)).encode()
+            producer.send(topic, key=e.key, value=e.encode(), headers=[(REPLY_PARTITION, header)])
+        producer.flush(30)
+    finally:
+        producer.close(5)

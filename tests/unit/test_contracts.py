@@ -52,7 +52,8 @@ def test_enums_decode_to_enum_members() -> None:
     assert cmd.type is CommandType.ORDER_APPROVE and cmd.step is Step.PAYMENT
     assert ev.type is EventType.ORDER_REJECTED and ev.step is Step.INVENTORY
     assert isinstance(ev.snapshot, Snapshot)
-    assert cmd.key == ev.key == b"o-9"
+    assert cmd.key == b"o-9"  # a command by order (clients may key it any way)
+    assert ev.key == ev.snapshot.user.encode()  # an event by user (one partition per user)
 
 
 def test_defaults_are_filled() -> None:

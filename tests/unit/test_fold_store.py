@@ -11,11 +11,12 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from kafka_saga.bus.topics import user_partition
 from kafka_saga.core.contracts import Event, EventType, Snapshot, Step, new_id
 from kafka_saga.core.fields import canonical_time
 from kafka_saga.core.fold import AggregateFold
 from kafka_saga.core.store import MARKED, Journal, NullJournal
-from kafka_saga.replay import ReplayResult, user_partition
+from kafka_saga.replay import ReplayResult
 
 C, A, R, F, X = (EventType.ORDER_CREATED, EventType.ORDER_APPROVED, EventType.ORDER_REJECTED,
                  EventType.ORDER_FAILED, EventType.ORDER_COMPENSATED)
@@ -195,8 +196,10 @@ def test_beyond_the_window_an_event_counts_as_a_new_order() -> None:
 
 # --- replay applies the window as live -----------------------------------------------------
 
-def records(stream: list[Event]) -> list[SimpleNamespace]:
-    return [SimpleNamespace(value=e.encode()) for e in stream]
+def records(stream: list[Event], partitions: int = 1) -> list[SimpleNamespace]:
+    """The events as the orchestrator writes them: each on its user's partition."""
+    return [SimpleNamespace(value=e.encode(), partition=user_partition(e.snapshot.user, partitions))
+            for e in stream]
 
 
 @pytest.mark.parametrize(("seed", "window"), [(1, 1), (2, 5), (3, 40), (4, 10_000)])
@@ -221,17 +224,17 @@ def folded(fold: AggregateFold, stream: list[Event]) -> AggregateFold:
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 6])
-def test_replay_counts_the_window_per_partition_of_the_by_user_topic(partitions: int) -> None:
+def test_replay_counts_the_window_per_partition_of_the_events(partitions: int) -> None:
     stream, window = random_stream(5, users=12), 3
     live: dict[int, AggregateFold] = {}  # the aggregator: a fold per partition it owns
-    for e in stream:
-        partition = user_partition(e.snapshot.user, partitions)
-        live.setdefault(partition, AggregateFold(window=window)).apply(e)
+    for record, e in zip(records(stream, partitions), stream, strict=True):
+        live.setdefault(record.partition, AggregateFold(window=window)).apply(e)
     expected = {u: a.to_dict() for f in live.values() for u, a in f.aggregates().items()}
-    replay = ReplayResult(window=window, partitions=partitions)
-    for record in records(stream):
+    replay = ReplayResult(window=window)
+    for record in records(stream, partitions):
         replay.apply(record)
     assert as_dicts(replay) == dict(sorted(expected.items()))
+    assert sorted(replay.fold.folds) == sorted({r.partition for r in records(stream, partitions)})
     if partitions > 1:  # one fold for every partition would forget sooner
         assert as_dicts(folded(AggregateFold(window=window), stream)) != as_dicts(replay)
 
@@ -244,36 +247,26 @@ def test_user_partition_is_the_kafka_clients_partitioner() -> None:
                 user.encode(), every, every)
 
 
-@pytest.mark.parametrize(("found", "partitions"), [(4, 4), (None, 6)])
-async def test_replay_events_takes_the_window_and_the_by_user_partitions(
-        monkeypatch: pytest.MonkeyPatch, found: int | None, partitions: int) -> None:
+async def test_replay_events_reads_the_events_with_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
     from kafka_saga import replay as module
-    from kafka_saga.bus.client import TopicNotFound
     from kafka_saga.bus.topics import Topics
     from kafka_saga.config import Settings
 
-    async def topic_partitions(topic: str) -> list[int]:
-        assert topic == bus.topics.events_by_user
-        if found is None:
-            raise TopicNotFound(topic)
-        return list(range(found))
-
     async def read_topic(_bus, topic, apply, *_args, **_kwargs):  # type: ignore[no-untyped-def]
         assert topic == bus.topics.events
-        for record in records(stream):
+        for record in records(stream, 6):
             apply(record)
 
     stream = random_stream(8, users=10)
     settings = replace(Settings(), state_window=3, partitions=6)
-    bus = SimpleNamespace(settings=settings, topics=Topics(""), bootstrap="-",
-                          partitions=topic_partitions)
+    bus = SimpleNamespace(settings=settings, topics=Topics(""), bootstrap="-")
     monkeypatch.setattr(module, "read_topic", read_topic)
     for window in (None, 2):
         result = await module.replay_events(bus, window=window)  # type: ignore[arg-type]
-        expected = ReplayResult(window=window or 3, partitions=partitions)
-        for record in records(stream):
+        expected = ReplayResult(window=window or 3)
+        for record in records(stream, 6):
             expected.apply(record)
-        assert result.fold.partitions == partitions and result.fold.window == (window or 3)
+        assert result.fold.window == (window or 3)
         assert as_dicts(result) == as_dicts(expected)
 
 
