@@ -36,8 +36,10 @@ test-unit: install  ## pure unit tests only (no broker)
 chaos: install  ## faults, bad input, load and shutdown scenarios, with their figures (-s)
 	$(PY) -m pytest -q -s -m chaos tests/chaos
 
-bench: install  ## benchmarks against the embedded broker; writes bench-report.json
-	$(PY) scripts/bench.py
+bench: install  ## benchmarks (ENGINE=tansu|kafka, default tansu); writes bench-report.json
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(if $(filter kafka,$(ENGINE)),$(MAKE) kafka-jars)
+	$(PY) scripts/bench.py --engine $(or $(ENGINE),tansu)
 
 topics: install  ## create the topics on $$KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092)
 	$(BIN)/kafka-saga topics create

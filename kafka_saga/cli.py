@@ -240,9 +240,10 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
             task = progress.add_task("replaying orders.events", total=None)
             result = await replay_events(
                 bus, lambda done, total: progress.update(task, completed=done, total=total),
-                args.timeout, window=settings.state_window)
+                args.timeout, window=settings.state_window, workers=args.workers)
     else:
-        result = await replay_events(bus, timeout=args.timeout, window=settings.state_window)
+        result = await replay_events(bus, timeout=args.timeout, window=settings.state_window,
+                                     workers=args.workers)
     document = result.document()
     write_atomically(args.output, document)
     print(f"replayed {result.events} events ({result.skipped} skipped) into "
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--output", default="replay-projections.json")
     replay.add_argument("--compare", metavar="URL", help="diff with a live query API")
     replay.add_argument("--timeout", type=float, default=300.0)
+    replay.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes folding the partitions (default: one per core; one "
+                             "process below 50,000 events)")
     replay.set_defaults(func=lambda a, s: asyncio.run(_replay(a, s)))
     return parser
 

@@ -11,22 +11,32 @@ all on one partition), each forgetting closed orders beyond the state window
 same window the same way: one fold per partition, fed that partition's records in log order,
 exactly as the aggregator reads them. A single fold would count every partition's closings
 against one window and forget up to N times sooner.
+
+Since the folds are per partition, the partitions of a large topic are replayed in
+parallel worker processes (``workers``, default: one per core, at most one per partition),
+each folding its share to the ends taken at the start; the aggregates are then merged
+(each user is in one partition): the output is the same as one process's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .bus.client import Bus
+from .bus.client import Bus, retry_until
 from .bus.follow import TopicFollower, read_topic
 from .core.contracts import ContractError, Event, UserAggregate, now_rfc3339
 from .core.fold import AggregateFold
 from .core.store import DEFAULT_WINDOW
+
+PARALLEL_FROM = 50_000  # events: below this, one process is done before more have started
 
 
 class PartitionedFold:
@@ -35,6 +45,7 @@ class PartitionedFold:
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.window = window
         self.folds: dict[int, AggregateFold] = {}
+        self.merged: dict[str, UserAggregate] = {}  # the aggregates of folds run elsewhere
 
     def apply(self, event: Event, partition: int) -> str | None:
         fold = self.folds.get(partition)
@@ -44,7 +55,8 @@ class PartitionedFold:
 
     def aggregates(self) -> dict[str, UserAggregate]:
         """Copies of every aggregate, sorted by user (each user is in one fold)."""
-        merged = {u: a for fold in self.folds.values() for u, a in fold.aggregates().items()}
+        merged = dict(self.merged)
+        merged.update((u, a) for fold in self.folds.values() for u, a in fold.aggregates().items())
         return {u: merged[u] for u in sorted(merged)}
 
 
@@ -73,16 +85,54 @@ class ReplayResult:
 
 
 async def replay_events(bus: Bus, progress: Any = None, timeout: float | None = None,
-                        window: int | None = None) -> ReplayResult:
-    """Fold all of ``orders.events`` with ``window`` (default: the bus's settings)."""
-    result = ReplayResult(bus.settings.state_window if window is None else window)
+                        window: int | None = None, workers: int | None = None) -> ReplayResult:
+    """Fold all of ``orders.events`` with ``window`` (default: the bus's settings), in
+    ``workers`` processes (default: one per core) when it holds ``PARALLEL_FROM`` events."""
+    window = bus.settings.state_window if window is None else window
+    topic = bus.topics.events
+    ends = {tp.partition: end for tp, end in (await retry_until(
+        f"{topic} end offsets", bus.bootstrap, lambda: bus.end_offsets(topic), timeout or 60.0)).items()}
+    workers = min(workers or os.cpu_count() or 1, len(ends))
+    total = sum(ends.values())
+    if workers <= 1 or total < PARALLEL_FROM:
+        result = ReplayResult(window)
 
-    def on_batch(follower: TopicFollower) -> None:
-        if progress:
-            progress(*follower.progress())
+        def on_batch(follower: TopicFollower) -> None:
+            if progress:
+                progress(*follower.progress())
 
-    await read_topic(bus, bus.topics.events, result.apply, timeout, on_batch)
+        await read_topic(bus, topic, result.apply, timeout, on_batch, ends=ends)
+        return result
+    partitions = sorted(ends)
+    shares = [{p: ends[p] for p in partitions[i::workers]} for i in range(workers)]
+    loop = asyncio.get_running_loop()
+    # spawned, not forked: a fork would share this process's event loop and sockets
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = await asyncio.wait_for(asyncio.gather(*(
+            loop.run_in_executor(pool, replay_share, bus.settings, share, window, timeout)
+            for share in shares)), timeout)
+    result = ReplayResult(window)
+    for events, skipped, aggregates in parts:
+        result.events += events
+        result.skipped += skipped
+        result.fold.merged.update(aggregates)
+    if progress:
+        progress(total, total)
     return result
+
+
+def replay_share(settings: Any, ends: dict[int, int], window: int,
+                 timeout: float | None) -> tuple[int, int, dict[str, UserAggregate]]:
+    """In a worker process: fold the partitions of ``ends`` up to those offsets."""
+
+    async def fold() -> tuple[int, int, dict[str, UserAggregate]]:
+        bus = Bus(settings)
+        result = ReplayResult(window)
+        await read_topic(bus, bus.topics.events, result.apply, timeout, partitions=sorted(ends),
+                         ends=ends)
+        return result.events, result.skipped, result.fold.aggregates()
+
+    return asyncio.run(fold())
 
 
 def write_atomically(path: str | Path, document: dict[str, Any]) -> None:

@@ -1,13 +1,22 @@
 """Benchmarks against the embedded broker (or --bootstrap-servers), printed and saved as JSON.
 
 Scenarios (each the median of --repeat runs, with min and max), with the baselines that run
-in the same invocation (a shared machine is noisy: read the ratios, not only the numbers):
-  raw         bare aiokafka: produce N records of a saga's average size, then consume them
-  aggregator  the aggregator role alone: order events folded and published as snapshots
-  saga        orders end to end, every role in one process (--processes N: N runtimes);
-              then the latency submission -> terminal at half the measured maximum
-  query       GET /aggregates/{user} under load from another process, next to a bare handler
-  replay      rebuilding the projections from orders.events, next to raw consumption
+in the same invocation (a shared machine is noisy: read the ratios, not only the numbers).
+Whatever is measured runs in a process of its own; load generators and watchers run in the
+bench process (or, for HTTP load, another one):
+  raw         bare aiokafka in the bench process: produce N records of a saga's average size,
+              then consume them
+  aggregator  the aggregator role alone in a runtime process, folding events already written;
+              then the peer: a Faust agent + table doing the same fold on the same events, in
+              a process of its own (skipped with the reason without faust-streaming: .[bench])
+  saga        orders end to end through one runtime process running every role, submitted
+              and watched from the bench process; then the latency submission -> terminal at
+              half and at the full measured maximum
+  scale       the same with --processes N runtime processes (default 2), against one
+  query       GET /aggregates/{user} of the query role next to a bare aiohttp handler, both in
+              the bench process, under load from another process (wrk when installed)
+  replay      rebuilding the projections from orders.events (worker processes, one per core),
+              next to raw consumption of the same topic in the bench process
   recovery    crash recovery: N orders of history through a runtime process, SIGKILL,
               restart; seconds until a new order ends (--recovery N[,N...]; default 100,000,
               --quick 10,000)
@@ -16,7 +25,8 @@ in the same invocation (a shared machine is noisy: read the ratios, not only the
               peak RSS (--burst-kill: SIGKILL of the runtime a third of the way through)
   memory      (only with --memory N) peak RSS of a runtime while N orders go through it
 
-    python scripts/bench.py [--quick] [--scenarios raw,saga,...] [--processes N] [--memory N]
+    python scripts/bench.py [--quick] [--engine tansu|kafka] [--scenarios raw,saga,...]
+                            [--processes N] [--memory N]
 """
 
 from __future__ import annotations
@@ -34,12 +44,14 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench_burst  # noqa: E402  (scripts/ is on sys.path when run as a script)
+import bench_query  # noqa: E402
 import bench_saga  # noqa: E402
 
 from kafka_saga import logs  # noqa: E402
@@ -48,7 +60,6 @@ from kafka_saga.bus.embedded import EmbeddedBroker  # noqa: E402
 from kafka_saga.bus.kafka_engine import KafkaCluster  # noqa: E402
 from kafka_saga.bus.ports import free_port_block  # noqa: E402
 from kafka_saga.config import Settings  # noqa: E402
-from kafka_saga.runtime.platform import Platform  # noqa: E402
 from tests.support.orders import random_orders  # noqa: E402
 
 
@@ -90,7 +101,12 @@ async def raw(bootstrap: str, count: int, size: int, partitions: int) -> dict:
 
 
 async def aggregator(bootstrap: str, orders: int, partitions: int) -> dict:
-    """Events already on orders.events; time from the first record folded to the last."""
+    """The aggregator role alone in a runtime process, then the Faust peer in a process of its
+    own, folding the same events (already on orders.events, each user on one partition).
+
+    The aggregator's rate is sampled from its /metrics every 0.2 s (events consumed between
+    the first sample after it started folding and the last before it finished); the peer
+    times itself from its first event folded to the last."""
     settings = settings_for(bootstrap, partitions)
     bus = Bus(settings)
     await bus.ensure_topics()
@@ -99,24 +115,56 @@ async def aggregator(bootstrap: str, orders: int, partitions: int) -> dict:
         for event in events:
             await bus.producer.send(bus.topics.events, event.encode(), event.key)
         await bus.producer.flush()
-    platform = Platform(settings, ["aggregator"])
-    task = asyncio.create_task(platform.run())
-    first = None
-    while True:
-        await asyncio.sleep(0.05)
-        if platform.bus is None:
-            continue
-        by_role = platform.bus.metrics.snapshot()["consumed_by_role"]
-        if first is None and by_role.get("aggregator", 0) > 0:
-            first = time.perf_counter()
-        if by_role.get("aggregator", 0) >= len(events):
-            break
-    elapsed = time.perf_counter() - (first or time.perf_counter())
-    published = platform.bus.metrics.snapshot()["produced_by_topic"].get(bus.topics.aggregates, 0)
-    platform.request_stop()
-    await task
-    return {"events": len(events), "events_per_s": len(events) / elapsed, "seconds": elapsed,
-            "snapshots_published": published}
+    port = free_port_block(1)
+    proc = bench_saga.spawn_runtime(settings, ["aggregator"], AGGREGATOR_METRICS_PORT=str(port))
+    samples: list[tuple[float, int]] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 300
+            while not samples or samples[-1][1] < len(events):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the aggregator folded {samples[-1][1] if samples else 0} "
+                                       f"of {len(events)} events")
+                await asyncio.sleep(0.2)
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        consumed = (await resp.json())["consumed_by_role"].get("aggregator", 0)
+                except aiohttp.ClientError:
+                    continue  # not serving yet
+                samples.append((time.perf_counter(), consumed))
+    finally:
+        proc.terminate()
+        proc.wait()
+    inside = [s for s in samples if 0 < s[1] < len(events)] or samples[-2:]
+    (t0, c0), (t1, c1) = inside[0], inside[-1]
+    result = {"events": len(events), "events_per_s": (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0,
+              "layout": "aggregator alone in a runtime process; events written before it starts"}
+    result["faust"] = await faust_peer(bus, len(events), partitions)
+    if "events_per_s" in result["faust"]:
+        result["ratio_to_faust"] = result["events_per_s"] / result["faust"]["events_per_s"]
+    return result
+
+
+async def faust_peer(bus: Bus, events: int, partitions: int) -> dict:
+    """The same fold by a Faust agent + table (scripts/bench_faust.py) in a process of its
+    own; skipped with the reason when faust-streaming is not installed (``.[bench]``)."""
+    try:
+        import faust  # noqa: F401
+    except ImportError:
+        return {"skipped": "faust-streaming is not installed (pip install -e '.[bench]')"}
+    output = Path(tempfile.mkdtemp(prefix="bench-faust-")) / "result.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "scripts" / "bench_faust.py"), bus.bootstrap, bus.topics.events,
+        str(partitions), str(events), str(output),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 600)
+    except TimeoutError:
+        proc.kill()
+        return {"skipped": "the Faust worker did not fold every event within 600 s"}
+    if not output.exists():
+        return {"skipped": f"the Faust worker failed: {err.decode()[-300:]}"}
+    return json.loads(output.read_text())
 
 
 def print_table(report: dict) -> None:
@@ -126,25 +174,43 @@ def print_table(report: dict) -> None:
     if raw_rps:
         rows.append(("raw pipe (records/s)", f"{raw_rps:,.0f}", "baseline"))
     if "aggregator" in report:
-        rows.append(("aggregator (events/s)", f"{report['aggregator']['median']:,.0f}", ">= 10,000"))
+        agg = report["aggregator"]
+        rows.append(("aggregator, one runtime process (events/s)", f"{agg['median']:,.0f}", "-"))
+        peer = agg["runs"][0]["faust"]
+        if "skipped" in peer:
+            rows.append(("Faust agent + table, same fold (events/s)", "skipped", peer["skipped"]))
+        else:
+            faust_rates = [r["faust"]["events_per_s"] for r in agg["runs"]]
+            ratios = [r["ratio_to_faust"] for r in agg["runs"]]
+            rows.append(("Faust agent + table, same fold (events/s)",
+                         f"{statistics.median(faust_rates):,.0f}", "baseline"))
+            rows.append(("aggregator / Faust", f"{statistics.median(ratios):.1f}", ">= 5"))
     if "saga" in report:
         saga = report["saga"]
+        first = saga["runs"][0]
         target = f">= {raw_rps / 25:,.0f} (raw/25)" if raw_rps else "raw/25"
-        rows.append((f"saga, {saga['runs'][0]['processes']} process(es) (orders/s)",
+        rows.append((f"saga, {first['processes']} runtime process(es) (orders/s)",
                      f"{saga['median']:,.0f}", target))
+        if raw_rps:
+            rows.append(("saga orders/s x 25 / raw", f"{saga['median'] * 25 / raw_rps:.2f}", ">= 1.0"))
         for key, label in (("latency", "half"), ("latency_full", "full")):
-            lat = saga["runs"][0].get(key)
+            lat = first.get(key)
             if lat:
                 rows.append((f"latency at {label} rate, {lat['rate_per_s']}/s p50/p95/p99 (ms)",
                              f"{lat['p50_ms']}/{lat['p95_ms']}/{lat['p99_ms']}",
                              "p99 < 250" if label == "half" else "-"))
         timeouts = sum(sum(r.get("step_timeouts", {}).values()) for r in saga["runs"])
         rows.append(("step deadlines fired (all saga runs)", f"{timeouts}", "0"))
-        first = saga["runs"][0]
-        if "produced_per_order" in first:
-            rows.append(("records per order produced/consumed",
-                         f"{first['produced_per_order']:.1f}/{first['consumed_per_order']:.1f}", "-"))
-            rows.append(("CPU of the runtime process per order (ms)", f"{first['cpu_ms_per_order']:.2f}", "-"))
+        rows.append(("records per order produced/consumed",
+                     f"{first['produced_per_order']:.1f}/{first['consumed_per_order']:.1f}", "-"))
+        for topic, count in first["produced_per_order_by_topic"].items():
+            rows.append((f"  of which {topic}", f"{count:.2f}", "-"))
+        rows.append(("CPU of the runtime process per order (ms)", f"{first['cpu_ms_per_order']:.2f}", "-"))
+    if "scale" in report:
+        scale = report["scale"]
+        rows.append((f"saga, {scale['processes']} runtime processes (orders/s)",
+                     f"{scale['median']:,.0f}", "baseline: one process"))
+        rows.append((f"{scale['processes']} processes / one", f"{scale['ratio']:.2f}", ">= 1.8"))
     if "query" in report:
         q = report["query"]["runs"][0]
         rows.append(("query GET /aggregates/{user} (req/s, p99 ms)",
@@ -204,11 +270,12 @@ async def main() -> int:
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int)
-    parser.add_argument("--scenarios", default="raw,aggregator,saga,query,replay,recovery,burst")
+    parser.add_argument("--scenarios", default="raw,aggregator,saga,scale,query,replay,recovery,burst")
     parser.add_argument("--burst", type=int, default=0, metavar="ORDERS",
                         help="burst size (default 100,000; --quick 20,000)")
     parser.add_argument("--burst-kill", action="store_true", help="SIGKILL the runtime mid-burst")
-    parser.add_argument("--processes", type=int, default=0, help="saga: N runtime processes")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="scale: N runtime processes, against one (default 2)")
     parser.add_argument("--memory", type=int, default=0, metavar="ORDERS",
                         help="also measure peak RSS while ORDERS orders go through a runtime")
     parser.add_argument("--recovery", default="", metavar="N[,N...]",
@@ -239,18 +306,29 @@ async def main() -> int:
             runs = [await raw(bootstrap, int(30000 * scale), 400, args.partitions) for _ in range(repeat)]
             report["raw"] = summarise(runs, "records_per_s")
         if "aggregator" in wanted:
-            runs = [await aggregator(bootstrap, int(6000 * scale), args.partitions) for _ in range(repeat)]
+            runs = [await aggregator(bootstrap, int(10000 * scale), args.partitions) for _ in range(repeat)]
             report["aggregator"] = summarise(runs, "events_per_s")
         if "saga" in wanted:
             runs = [await bench_saga.saga_throughput(settings_for(bootstrap, args.partitions),
-                                                     int(3000 * scale), args.processes)
+                                                     int(3000 * scale))
                     for _ in range(repeat)]
             report["saga"] = summarise(runs, "orders_per_s")
+        if "scale" in wanted:  # N runtime processes against one, same run
+            count = max(2, args.processes)
+            one = report.get("saga") or summarise(
+                [await bench_saga.saga_throughput(settings_for(bootstrap, args.partitions),
+                                                  int(3000 * scale)) for _ in range(repeat)],
+                "orders_per_s")
+            runs = [await bench_saga.saga_throughput(settings_for(bootstrap, args.partitions),
+                                                     int(3000 * scale), count)
+                    for _ in range(repeat)]
+            report["scale"] = {**summarise(runs, "orders_per_s"), "processes": count,
+                               "ratio": statistics.median(r["orders_per_s"] for r in runs) / one["median"]}
         if "processing" in wanted:  # the exactly-once checkpoint's cost, same broker, same run
             report["processing"] = await bench_saga.processing(
                 settings_for(bootstrap, args.partitions), int(3000 * scale), repeat)
         if "query" in wanted:
-            runs = [await bench_saga.query_api(settings_for(bootstrap, args.partitions),
+            runs = [await bench_query.query_api(settings_for(bootstrap, args.partitions),
                                                seconds=5 * max(scale, 0.4)) for _ in range(repeat)]
             report["query"] = summarise(runs, "ratio")
         if "replay" in wanted:

@@ -4,7 +4,6 @@ replay, saga-state recovery and memory."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -15,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kafka_saga.bus.client import Bus
@@ -25,10 +24,9 @@ from kafka_saga.bus.ports import free_port
 from kafka_saga.core.catalog import Catalog
 from kafka_saga.core.contracts import Event, EventType, Snapshot, Step, new_id
 from kafka_saga.core.submission import new_order_command
-from kafka_saga.observation.http import HttpServer
 from kafka_saga.replay import replay_events
 from kafka_saga.runtime.platform import Platform
-from tests.support.processes import memory_kb
+from tests.support.processes import cpu_seconds, memory_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_ROLES = ["orchestrator", "inventory", "tracker", "aggregator", "dlq", "query"]
@@ -103,52 +101,74 @@ def spawn_runtime(settings: Any, roles: list[str], **extra: str) -> subprocess.P
                             stdout=out, stderr=subprocess.STDOUT, cwd=root)
 
 
+async def runtime_metrics(ports: list[int]) -> dict[str, Any]:
+    """The runtimes' /metrics JSON (their query role's port), summed over the processes."""
+    total: dict[str, Any] = {"produced": 0, "consumed": 0, "produced_by_topic": {}, "step_timeouts": {}}
+    async with aiohttp.ClientSession() as session:
+        for port in ports:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                snap = await resp.json()
+            total["produced"] += snap["produced"]
+            total["consumed"] += snap["consumed"]
+            for name in ("produced_by_topic", "step_timeouts"):
+                for key, value in snap[name].items():
+                    total[name][key] = total[name].get(key, 0) + value
+    return total
+
+
 async def saga_throughput(settings: Any, orders: int, processes: int = 0) -> dict[str, Any]:
-    """Orders submitted at once; orders/s from the first submission to the last terminal event."""
-    procs: list[subprocess.Popen[bytes]] = []
-    if processes:
-        procs = [spawn_runtime(settings, ALL_ROLES[:-1]) for _ in range(processes)]
-        platform, task = await start_platform(settings, ["query"])
-        await asyncio.sleep(4)
-    else:
-        platform, task = await start_platform(settings, ALL_ROLES)
-    bus = platform.bus
-    assert bus is not None
+    """Orders end to end through ``processes`` runtime processes (default one), each running
+    every role; the orders are submitted, and their terminal events watched, from this
+    process. Orders/s from the first submission to the last terminal event; then (one
+    runtime) the latency submission -> terminal at half and at the full measured rate."""
+    count = max(1, processes)
+    ports = [free_port() for _ in range(count)]
+    procs = [spawn_runtime(settings, ALL_ROLES, QUERY_API_PORT=str(port)) for port in ports]
+    bus = Bus(settings)
+    await bus.ensure_topics()
+    await bus.start()
     watch = TerminalWatch(bus)
     watch.start()
-    batch = commands(orders)
-    before = bus.metrics.snapshot()
-    cpu = time.process_time()
-    started = time.perf_counter()
-    for command in batch:
-        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
-    await bus.producer.flush()
-    await watch.wait_for([c.snapshot.order_id for c in batch], timeout=600)
-    elapsed = max(watch.terminal_at.values()) - started
-    cpu = time.process_time() - cpu
-    after = bus.metrics.snapshot()
-    result: dict[str, Any] = {"orders": orders, "processes": processes or 1, "seconds": elapsed,
-                              "orders_per_s": orders / elapsed}
-    if not processes:  # CPU of this process (every role, plus the submitter and the watch)
-        result["cpu_ms_per_order"] = cpu * 1000 / orders
-        result["produced_per_order"] = (after["produced"] - before["produced"]) / orders
-        result["consumed_per_order"] = (after["consumed"] - before["consumed"]) / orders
-    if not processes:  # at half and at the full measured rate, with the deadlines that fired
-        result["latency"] = await saga_latency(platform, watch, result["orders_per_s"] / 2)
-        result["latency_full"] = await saga_latency(platform, watch, result["orders_per_s"])
-    result["step_timeouts"] = bus.metrics.snapshot()["step_timeouts"]
-    await watch.close()
-    await stop_platform(platform, task)
-    for proc in procs:
-        proc.terminate()
-        proc.wait()
-    return result
+    try:
+        await _through(bus, watch, commands(20 * count), 180)  # every group has joined
+        watch.terminal_at.clear()
+        before = await runtime_metrics(ports)
+        cpu = [cpu_seconds(p.pid) for p in procs]
+        batch = commands(orders)
+        started = time.perf_counter()
+        for command in batch:
+            await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+        await bus.producer.flush()
+        await watch.wait_for([c.snapshot.order_id for c in batch], timeout=600)
+        elapsed = max(watch.terminal_at.values()) - started
+        cpu_s = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu, strict=True))
+        after = await runtime_metrics(ports)
+        by_topic = {t.removeprefix(settings.topic_prefix): round(
+            (n - before["produced_by_topic"].get(t, 0)) / orders, 2)
+            for t, n in after["produced_by_topic"].items()}
+        result: dict[str, Any] = {
+            "orders": orders, "processes": count, "seconds": elapsed, "orders_per_s": orders / elapsed,
+            "layout": f"{count} runtime process(es), every role; submitter and watcher in the bench process",
+            "cpu_ms_per_order": cpu_s * 1000 / orders,
+            "produced_per_order": (after["produced"] - before["produced"]) / orders,
+            "consumed_per_order": (after["consumed"] - before["consumed"]) / orders,
+            "produced_per_order_by_topic": {t: n for t, n in sorted(by_topic.items()) if n}}
+        if count == 1:
+            result["latency"] = await saga_latency(bus, watch, result["orders_per_s"] / 2)
+            result["latency_full"] = await saga_latency(bus, watch, result["orders_per_s"])
+        result["step_timeouts"] = (await runtime_metrics(ports))["step_timeouts"]
+        return result
+    finally:
+        await watch.close()
+        await bus.stop()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
 
 
-async def saga_latency(platform: Platform, watch: TerminalWatch, rate: float, seconds: float = 6.0) -> dict[str, Any]:
-    """Submission -> terminal event at a fixed rate (half the measured maximum)."""
-    bus = platform.bus
-    assert bus is not None
+async def saga_latency(bus: Bus, watch: TerminalWatch, rate: float, seconds: float = 6.0) -> dict[str, Any]:
+    """Submission -> terminal event at a fixed rate (orders written one by one, each flushed)."""
     batch = commands(max(1, int(rate * seconds)))
     submitted: dict[str, float] = {}
     interval = 1.0 / rate
@@ -169,54 +189,6 @@ async def saga_latency(platform: Platform, watch: TerminalWatch, rate: float, se
 
     return {"rate_per_s": round(rate, 1), "orders": len(values), "p50_ms": pct(0.5),
             "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
-
-
-async def query_api(settings: Any, users: int = 100, seconds: float = 5.0) -> dict[str, Any]:
-    """GET /aggregates/{user} next to a bare aiohttp handler, same process, same load."""
-    platform, task = await start_platform(settings, ["aggregator", "query"])
-    bus = platform.bus
-    assert bus is not None
-    events = [Event.new(EventType.ORDER_CREATED, Snapshot(new_id(), f"client{i:02d}", "latte", 1, price_cents=400),
-                        Step.VALIDATION, new_id()) for i in range(users)]
-    for event in events:
-        await bus.producer.send(bus.topics.events, event.encode(), event.key)
-    await bus.producer.flush()
-    model = platform.shared["read_model"]
-    while len(model.aggregates) < users:  # type: ignore[attr-defined]
-        await asyncio.sleep(0.1)
-    body = orjson.dumps({"user": "client01", "orders": 1, "status": "pending"})
-
-    async def bare(_request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/bare", bare)
-    server = HttpServer(app, "127.0.0.1", free_port(), "bare")
-    await server.start()
-    query_url = f"{platform.shared['query_url']}/aggregates/client01"
-    bare_url = f"http://127.0.0.1:{server.port}/bare"
-
-    async def load(urls: list[str], each_s: float) -> list[dict[str, Any]]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "scripts" / "bench_http.py"), *urls, "--seconds", str(each_s),
-            stdout=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate()
-        return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
-
-    await load([query_url, bare_url], 1)  # warm-up, discarded: the first seconds after start are slower
-    # query, bare, bare, query: whatever drifts during the run weighs on both alike
-    runs = await load([query_url, bare_url, bare_url, query_url], seconds / 2)
-    query, baseline = (_merge([r for r in runs if r["url"] == url]) for url in (query_url, bare_url))
-    await server.stop()
-    await stop_platform(platform, task)
-    return {"query": query, "bare": baseline, "ratio": query["rps"] / baseline["rps"]}
-
-
-def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Two load runs of one URL as one: summed requests, mean rate, the worse percentiles."""
-    return {**runs[0], "requests": sum(r["requests"] for r in runs),
-            "rps": statistics.fmean(r["rps"] for r in runs), "p50_ms": max(r["p50_ms"] for r in runs),
-            "p99_ms": max(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs)}
 
 
 APPROVED_TRAIL = ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_APPROVED, Step.VALIDATION),

@@ -27,9 +27,10 @@ class TopicFollower:
 
     def __init__(self, bus: Bus, topic: str, apply: Apply, name: str = "follower",
                  connect_timeout: float = 60.0, partitions: list[int] | None = None,
-                 start: dict[int, int] | None = None) -> None:
+                 start: dict[int, int] | None = None, ends: dict[int, int] | None = None) -> None:
         self.bus = bus
         self.start = start or {}  # partition -> first offset to read (default: the beginning)
+        self.ends = ends  # partition -> the end to read to (default: the end when run starts)
         self.only = set(partitions) if partitions is not None else None
         self.connect_timeout = connect_timeout
         self.topic = topic
@@ -57,9 +58,12 @@ class TopicFollower:
                   on_batch: Callable[[], None] | None = None) -> None:
         """Follow the topic until ``stop`` is set (or, with ``until_end``, until caught up)."""
         stop = stop or asyncio.Event()
-        target = await retry_until(f"{self.name} end offsets", self.bus.bootstrap,
-                                   lambda: self.bus.end_offsets(self.topic),
-                                   self.connect_timeout)
+        if self.ends is not None:
+            target = {TopicPartition(self.topic, p): end for p, end in self.ends.items()}
+        else:
+            target = await retry_until(f"{self.name} end offsets", self.bus.bootstrap,
+                                       lambda: self.bus.end_offsets(self.topic),
+                                       self.connect_timeout)
         self.target = {tp: end for tp, end in target.items()
                        if self.only is None or tp.partition in self.only}
         consumer = await self.bus.started_consumer(max_poll_records=5000)
@@ -96,12 +100,13 @@ class TopicFollower:
 async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None = None,
                      on_batch: Callable[[TopicFollower], None] | None = None,
                      partitions: list[int] | None = None,
-                     start: dict[int, int] | None = None) -> TopicFollower:
+                     start: dict[int, int] | None = None,
+                     ends: dict[int, int] | None = None) -> TopicFollower:
     """Read ``topic`` (or some of its partitions, from the ``start`` offsets given, else from
-    the beginning) to its exact end as of now."""
+    the beginning) to its exact end as of now (or to the ``ends`` given)."""
     follower = TopicFollower(bus, topic, apply, name=f"read {topic}",
                              connect_timeout=timeout if timeout else 60.0, partitions=partitions,
-                             start=start)
+                             start=start, ends=ends)
     task = asyncio.create_task(follower.run(
         until_end=True, on_batch=(lambda: on_batch(follower)) if on_batch else None))
     try:

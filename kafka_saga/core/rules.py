@@ -1,23 +1,24 @@
 """The tracker's validation rules over ``orders.events``. Pure, no I/O.
 
 :class:`TrackerRules` holds the state of **one partition** of ``orders.events`` (events are
-keyed by ``order_id``, so every event of an order, and of each of its sagas, is on one
-partition). ``observe(event)`` returns the rules the event breaks *for the first time*:
+keyed by user, so every event of a user, of each of their orders and of each of their sagas,
+is on one partition). ``observe(event)`` returns the rules the event breaks *for the first time*:
 
 * ``price_integrity`` (reason ``price_mismatch``): ``snapshot.price_cents`` must equal
   ``catalog.price(item, quantity)``. Checked on every event carrying the snapshot, so a
   mismatch first seen at Finalize (e.g. the tracker was down at creation) still fires.
   Unknown items are left to the Validation step.
 * ``duplicate_order`` (reason ``duplicate_order``): the first saga seen for an order_id
-  owns it; any other saga of the same order_id breaks the rule.
+  owns it; any other saga of the same order_id (submitted by the same user: another user's
+  is on another partition) breaks the rule.
 * ``velocity`` (reason ``velocity_exceeded``, off unless a limit > 0): the order is one of
   more than ``limit`` orders created by one user within ``window_s`` (60) seconds of event
   time (``occurred_at``); checked when the tracker first sees the saga's ``OrderCreated``.
   Of ``limit + k`` orders created within 60 s, the ``k`` seen last are rejected, whatever
   the order in which their events arrive.
-  Users are not partition-local, so :class:`VelocityWindow` can be shared by the rule sets
-  of all the partitions one process owns (it is exact only when one process owns every
-  partition; otherwise each process counts the orders on its own partitions).
+  Users are partition-local, so the count is exact in whichever process owns the user's
+  partition; :class:`VelocityWindow` is shared by the rule sets of the partitions one
+  process owns.
 
 Idempotence: each (saga, rule) fires at most once — redeliveries and replays of the same
 events return nothing new — and nothing fires for a saga that has ended rejected or failed

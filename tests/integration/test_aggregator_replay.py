@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+from kafka_saga import replay
 from kafka_saga.core.fold import AggregateFold
 from kafka_saga.replay import compare, fetch_live, replay_events
 
@@ -31,7 +32,7 @@ def same(live: dict, expected: dict) -> bool:
     return not compare(expected, live)
 
 
-async def test_live_aggregates_equal_the_fold_and_the_replay(platform, settings, bus):
+async def test_live_aggregates_equal_the_fold_and_the_replay(platform, settings, bus, monkeypatch):
     orders = random_orders(120, users=6, seed=11)
     await platform.start("aggregator", "query", workers={"aggregator": 2})
     events = list(itertools.chain.from_iterable(orders))
@@ -49,11 +50,17 @@ async def test_live_aggregates_equal_the_fold_and_the_replay(platform, settings,
     await asyncio.sleep(2.0)
     assert not compare(expected, await live_aggregates(platform))
 
-    # Event sourcing: the replay of orders.events equals the live read model.
-    result = await replay_events(bus, timeout=60)
+    # Event sourcing: the replay of orders.events equals the live read model, in one process
+    # and with the partitions shared among worker processes.
+    result = await replay_events(bus, timeout=60, workers=1)
     assert result.events == len(events) + len(duplicates)
     replayed = {u: a.to_dict() for u, a in result.fold.aggregates().items()}
     assert compare(replayed, await live_aggregates(platform)) == []
+    monkeypatch.setattr(replay, "PARALLEL_FROM", 1)
+    shared = await replay_events(bus, timeout=60, workers=3)
+    assert not shared.fold.folds and shared.fold.merged  # folded in the workers
+    assert (shared.events, shared.skipped) == (result.events, result.skipped)
+    assert {u: a.to_dict() for u, a in shared.fold.aggregates().items()} == replayed
 
     # The CLI agrees, and writes its file atomically.
     out = settings.topic_prefix + "replay.json"

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from kafka_saga.bus.topics import user_partition
@@ -252,14 +253,17 @@ async def test_replay_events_reads_the_events_with_the_window(monkeypatch: pytes
     from kafka_saga.bus.topics import Topics
     from kafka_saga.config import Settings
 
-    async def read_topic(_bus, topic, apply, *_args, **_kwargs):  # type: ignore[no-untyped-def]
-        assert topic == bus.topics.events
+    async def read_topic(_bus, topic, apply, *_args, ends=None, **_kwargs):  # type: ignore[no-untyped-def]
+        assert topic == bus.topics.events and ends == {p: 100 for p in range(6)}
         for record in records(stream, 6):
             apply(record)
 
+    async def end_offsets(topic: str) -> dict[TopicPartition, int]:
+        return {TopicPartition(topic, p): 100 for p in range(6)}  # small: one process
+
     stream = random_stream(8, users=10)
     settings = replace(Settings(), state_window=3, partitions=6)
-    bus = SimpleNamespace(settings=settings, topics=Topics(""), bootstrap="-")
+    bus = SimpleNamespace(settings=settings, topics=Topics(""), bootstrap="-", end_offsets=end_offsets)
     monkeypatch.setattr(module, "read_topic", read_topic)
     for window in (None, 2):
         result = await module.replay_events(bus, window=window)  # type: ignore[arg-type]
