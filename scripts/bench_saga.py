@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -101,6 +102,25 @@ def spawn_runtime(settings: Any, roles: list[str], **extra: str) -> subprocess.P
                             stdout=out, stderr=subprocess.STDOUT, cwd=root)
 
 
+def profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With KAFKA_SAGA_BENCH_PROFILE=DIR: py-spy samples ``pid`` (not pausing it) into
+    DIR/name-<time>.txt, collapsed stacks, until :func:`stop_profile`."""
+    where = os.environ.get("KAFKA_SAGA_BENCH_PROFILE")
+    if not where:
+        return None
+    os.makedirs(where, exist_ok=True)
+    out = os.path.join(where, f"{name}-{time.time_ns()}.txt")
+    return subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record",
+                             "--pid", str(pid), "--nonblocking", "--format", "raw", "--rate", "500",
+                             "--output", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        profiler.wait(30)
+
+
 async def runtime_metrics(ports: list[int]) -> dict[str, Any]:
     """The runtimes' /metrics JSON (their query role's port), summed over the processes."""
     total: dict[str, Any] = {"produced": 0, "consumed": 0, "produced_by_topic": {}, "step_timeouts": {}}
@@ -135,12 +155,15 @@ async def saga_throughput(settings: Any, orders: int, processes: int = 0) -> dic
         before = await runtime_metrics(ports)
         cpu = [cpu_seconds(p.pid) for p in procs]
         batch = commands(orders)
+        profilers = [profile(p.pid, f"saga-{i}") for i, p in enumerate(procs)]
         started = time.perf_counter()
         for command in batch:
             await bus.producer.send(bus.topics.commands, command.encode(), command.key)
         await bus.producer.flush()
         await watch.wait_for([c.snapshot.order_id for c in batch], timeout=600)
         elapsed = max(watch.terminal_at.values()) - started
+        for profiler in profilers:
+            stop_profile(profiler)
         cpu_s = sum(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu, strict=True))
         after = await runtime_metrics(ports)
         by_topic = {t.removeprefix(settings.topic_prefix): round(

@@ -7,9 +7,9 @@ group, decoder, a handler that returns what it emits, optional per-partition sta
 handler raises a non-retriable error, goes to the DLQ with its reason and origin, and the
 loop continues) and publish what the handler returned, then ``on_batch_end`` (a role
 publishes what it accumulated). Per-partition state stores are restored from their changelog
-on assignment (:mod:`kafka_saga.bus.stores`). At most every ``commit_interval_ms`` (and at
-once when idle, on a rebalance and on the way out) comes the checkpoint: the stores'
-journals are taken, the outputs flushed, the journals written to the changelogs and flushed,
+on assignment (:mod:`kafka_saga.bus.stores`). At most every ``commit_interval_ms`` once
+records were handled (under exactly-once also at once when idle), on a rebalance and on the
+way out comes the checkpoint: the stores' journals are taken, the outputs flushed, the journals written to the changelogs and flushed,
 then the offsets of every batch handled so far are committed. A crash re-delivers what was handled
 since the last checkpoint: handlers are idempotent. Checkpointing every batch instead would
 put a flush and a commit round trip on every record's path at low rates.
@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from types import CoroutineType
 from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -48,6 +48,7 @@ from .handling import (
     handle_record,
     is_retriable,
 )
+from .ownership import PartitionOwnership, RebalanceFailed, name
 from .producer import scope
 from .stores import StoreKeeper
 from .transactions import Transactions
@@ -55,15 +56,10 @@ from .transactions import Transactions
 Partitions = Iterable[TopicPartition]
 
 
-class RebalanceFailed(RuntimeError):
-    """A rebalance listener step (checkpoint, state restore, transactions) failed; the role
-    restarts from what was committed."""
+__all__ = ["RebalanceFailed", "Subscription", "consume", "consume_workers", "is_retriable", "wait_unless_stopped"]
 
 
-__all__ = ["Subscription", "consume", "consume_workers", "is_retriable", "wait_unless_stopped"]
-
-
-class _Runner(ConsumerRebalanceListener):
+class _Runner(PartitionOwnership):
     def __init__(self, bus: Bus, sub: Subscription, worker: int) -> None:
         self.bus = bus
         self.sub = sub
@@ -78,94 +74,16 @@ class _Runner(ConsumerRebalanceListener):
                      if bus.exactly_once and sub.transactional else None)
         self.lock = asyncio.Lock()
         self.failure: Exception | None = None  # what a rebalance listener raised (see below)
-        self.commit_interval_s = bus.settings.commit_interval_ms / 1000
+        interval_ms = bus.settings.commit_interval_ms
+        if interval_ms is None:  # exactly-once: a transaction's records wait for its commit
+            interval_ms = 100 if self.txns is not None else 1000
+        self.commit_interval_s = interval_ms / 1000
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
         self.progress = Progress(sub.role, sub.group_id, worker)
         self.gate = sub.in_flight
         if self.gate is not None:  # only flow-controlled roles report these
             self.in_flight_gauge = bus.metrics.in_flight.labels(role=sub.role)
             bus.metrics.in_flight_limit.labels(role=sub.role).set(self.gate.limit)
-
-    # --- rebalance: finish and commit the current batch before giving partitions away ---
-    # The Kafka client logs and swallows what a rebalance listener raises, then carries on.
-    # A checkpoint that failed while giving partitions away (or a state that could not be
-    # restored) must not be carried on from: the failure is kept and raised by the loop, so
-    # the role restarts from what was committed.
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        try:
-            await self._revoke(revoked)
-        except Exception as exc:
-            self._rebalance_failed("revoke", exc)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if not assigned:
-            return
-        try:
-            async with self.lock:  # no batch is handled while a role restores its state
-                await self._assigned(assigned)
-                if self.sub.fence is not None:
-                    self.sub.fence.assigned()
-        except Exception as exc:
-            self._rebalance_failed("assign", exc)
-
-    def _rebalance_failed(self, step: str, exc: Exception) -> None:
-        self.log.warning("rebalance step failed: the role restarts from the last commit",
-                         step=step, error=f"{type(exc).__name__}: {exc}"[:300])
-        if self.failure is None:
-            self.failure = exc
-
-    def _raise_rebalance_failure(self) -> None:
-        if self.failure is not None:
-            raise RebalanceFailed(f"{self.sub.role}: a rebalance step failed: "
-                                  f"{type(self.failure).__name__}: {self.failure}") from self.failure
-
-    async def _revoke(self, revoked: set[TopicPartition]) -> None:
-        async with self.lock:
-            if revoked:
-                if self.failure is not None:  # the state in memory may be ahead of the commit
-                    return
-                await self._checkpoint()
-                if self.txns is not None:
-                    await self.txns.close(revoked)
-                for tp in revoked:
-                    committed = self.committed.pop(tp, None)
-                    # under exactly-once, a store that work outliving its handler (sagas)
-                    # may change in memory after the last commit is restored from what was
-                    # committed instead of being kept aside
-                    if self.stores is not None and tp.topic == self.stores.state_topic:
-                        if self.txns is None or self.gate is None:
-                            self.stores.park(tp.partition, committed or 0)
-                        else:
-                            self.stores.states.close(tp)
-                self.progress.forget(_names(revoked))
-                if self.gate is not None:
-                    for tp in revoked & self.gate.paused:
-                        self._paused_gauge(tp, 0)
-                    self.gate.disown(revoked)
-                if self.sub.state is not None and self.stores is None:
-                    for tp in revoked:
-                        self.sub.state.close(tp)
-                if self.sub.on_revoked:
-                    await self.sub.on_revoked(set(revoked))
-                self.log.info("partitions revoked", partitions=_names(revoked))
-
-    async def _assigned(self, assigned: set[TopicPartition]) -> None:
-        if self.txns is not None:  # fences the partitions' last owners before reading state
-            await self.txns.open(assigned)
-        if self.stores is not None:  # each store from its changelog, or kept as it was
-            committed = await self.stores.restore(self.consumer, assigned)
-        else:
-            committed = {tp: await self.consumer.committed(tp) or 0 for tp in assigned}
-            if self.sub.state is not None:
-                for tp in assigned:
-                    self.sub.state.open(tp)
-        self.committed.update(committed)
-        if self.gate is not None:
-            self.gate.own(assigned, self.progress.tick)  # finished work is progress
-        if self.sub.on_assigned:
-            await self.sub.on_assigned(self.consumer, committed)
-        self.progress.tick()
-        self.log.info("partitions assigned", partitions=_names(assigned))
 
     # --- the loop ---
     async def run(self, stop: asyncio.Event) -> None:
@@ -201,22 +119,25 @@ class _Runner(ConsumerRebalanceListener):
                 batches = await self.consumer.getmany(timeout_ms=50 if quick else 200)
                 self._raise_rebalance_failure()  # before handling anything more
                 if not batches:
-                    if self.handled or (self.txns is not None and self.txns.dirty):
-                        # idle: nothing left to batch with, commit now
+                    # idle: under exactly-once commit now (what was sent is invisible until
+                    # then); else at the interval, as when busy
+                    if (self.txns is not None and self.txns.dirty) or (
+                            self.handled and time.monotonic() >= next_checkpoint):
                         async with self.lock:
                             await self._checkpoint()
+                        next_checkpoint = time.monotonic() + self.commit_interval_s
                     progress.observe(await self._update_idle_lag())
                     continue
                 async with self.lock:
                     started = time.perf_counter()
-                    progress.begin({_name(tp): self._waiting_from(tp, records[0].offset, records)
+                    progress.begin({name(tp): self._waiting_from(tp, records[0].offset, records)
                                     for tp, records in batches.items()})
                     owned = self.consumer.assignment()
                     for tp, records in batches.items():
                         if tp in owned:  # a rebalance may have moved it while we waited
                             await self._handle_records(tp, records)
                         else:
-                            progress.settle(_name(tp), 0)
+                            progress.settle(name(tp), 0)
                     await self._publish(await batch_end(self.sub))
                     now = time.monotonic()
                     if now >= next_checkpoint:
@@ -265,7 +186,7 @@ class _Runner(ConsumerRebalanceListener):
         self.consumed[tp.topic].inc(handled)
         high = self.consumer.highwater(tp)
         lag = max(0, (high or 0) - self.handled[tp])
-        progress.settle(_name(tp), lag)
+        progress.settle(name(tp), lag)
         if high is not None:
             self.bus.metrics.lag.labels(role=sub.role, topic=tp.topic, partition=str(tp.partition)).set(lag)
 
@@ -393,18 +314,10 @@ class _Runner(ConsumerRebalanceListener):
             if high is None:
                 continue
             position = await self.consumer.position(tp)
-            lag = lags[_name(tp)] = max(0, high - position)
+            lag = lags[name(tp)] = max(0, high - position)
             self.bus.metrics.lag.labels(role=self.sub.role, topic=tp.topic,
                                         partition=str(tp.partition)).set(lag)
         return lags
-
-
-def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}:{tp.partition}"
-
-
-def _names(tps: Iterable[TopicPartition]) -> list[str]:
-    return sorted(_name(tp) for tp in tps)
 
 
 async def consume(bus: Bus, sub: Subscription, stop: asyncio.Event, worker: int = 0) -> None:

@@ -170,12 +170,14 @@ class Settings:
         "embedded Tansu broker answers at the end of the wait (measured: 500 ms -> 115 ms "
         "per hop, 100 -> 17 ms, 20 -> 5 ms), so it bounds each hop's latency.",
         integer, zero_is_default=True)
-    commit_interval_ms: int = setting(
-        100, "KAFKA_SAGA_COMMIT_INTERVAL_MS",
-        "Longest a consumer goes between checkpoints (flush outputs, then commit offsets) "
-        "while records keep coming; an idle consumer, a rebalance and a stop checkpoint "
-        "at once. A crash redelivers at most this much work (handlers are idempotent). 0: "
-        "after every batch.", integer)
+    commit_interval_ms: int | None = setting(
+        None, "KAFKA_SAGA_COMMIT_INTERVAL_MS",
+        "Longest a consumer goes between checkpoints (flush outputs and changelogs, then "
+        "commit offsets) while it has handled records; a rebalance and a stop checkpoint at "
+        "once. Unset: 1000 at at-least-once (a crash redelivers at most this much work, and "
+        "a state store writes a changed entry once per interval), 100 at exactly-once (a "
+        "transaction commits at each checkpoint, so it bounds each hop's latency; an idle "
+        "consumer then commits at once). 0: after every batch.", integer)
     query_host: str = setting("127.0.0.1", "QUERY_API_HOST",
                               "Bind address of the query API and the metrics servers.")
     query_port: int = setting(8080, "QUERY_API_PORT", "Query API port (0: any free port).",
