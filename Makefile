@@ -38,6 +38,9 @@ chaos: install  ## faults, bad input, load and shutdown scenarios, with their fi
 
 bench: install  ## benchmarks (ENGINE=tansu|kafka, default tansu); writes bench-report.json
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1; } \
+	    || echo "wrk is not installed: the query load uses an aiohttp client"
 	$(if $(filter kafka,$(ENGINE)),$(MAKE) kafka-jars)
 	$(PY) scripts/bench.py --engine $(or $(ENGINE),tansu)
 

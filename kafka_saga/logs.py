@@ -62,9 +62,19 @@ class _RetriedByTheClient(logging.Filter):
         return True
 
 
+_level = logging.INFO
+
+
+def enabled(level: int) -> bool:
+    """Whether records at ``level`` are written: a hot path asks before building a debug
+    line (even a filtered call binds a logger first)."""
+    return level >= _level
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog (and route stdlib logging, e.g. aiokafka's, through it)."""
-    numeric = getattr(logging, level.upper(), logging.INFO)
+    global _level
+    numeric = _level = getattr(logging, level.upper(), logging.INFO)
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer = (
         structlog.dev.ConsoleRenderer(colors=True)

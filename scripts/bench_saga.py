@@ -254,11 +254,16 @@ async def replay(settings: Any, orders: int) -> dict[str, Any]:
     raw_s = time.perf_counter() - started
     await consumer.stop()
     started = time.perf_counter()
-    result = await replay_events(bus, timeout=600)
+    single = await replay_events(bus, timeout=600, workers=1)
+    single_s = time.perf_counter() - started
+    started = time.perf_counter()
+    result = await replay_events(bus, timeout=600)  # worker processes, one per core
     replay_s = time.perf_counter() - started
-    assert result.events == count
+    assert result.events == single.events == count
+    assert result.fold.aggregates() == single.fold.aggregates()
     return {"events": count, "replay_per_s": count / replay_s, "raw_consume_per_s": count / raw_s,
-            "ratio": raw_s / replay_s}
+            "ratio": raw_s / replay_s, "one_process_per_s": count / single_s,
+            "one_process_ratio": raw_s / single_s, "workers": os.cpu_count()}
 
 
 async def recovery(settings: Any, history: int, chunk: int = 5000) -> dict[str, Any]:

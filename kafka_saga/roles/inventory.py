@@ -14,6 +14,7 @@ and rebalances.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .. import logs
@@ -56,14 +57,17 @@ class InventoryRole(Role):
 
     def handle(self, request: InventoryRequest, record: Any, ledger: InventoryLedger) -> list[Emit]:
         decision = ledger.apply(request)
+        debug = logs.enabled(logging.DEBUG)  # the hot path: build the line only if written
         if request.action != "reserve":
-            log.debug("stock released", order_id=request.order_id, saga_id=request.saga_id,
-                      item=request.item, outcome=decision.reason)
+            if debug:
+                log.debug("stock released", order_id=request.order_id, saga_id=request.saga_id,
+                          item=request.item, outcome=decision.reason)
             return []
         reply = answer(request, decision.approved, decision.reason)
-        log.debug("stock reservation", order_id=request.order_id, saga_id=request.saga_id,
-                  item=request.item, quantity=request.quantity, approved=decision.approved,
-                  reason=decision.reason)
+        if debug:
+            log.debug("stock reservation", order_id=request.order_id, saga_id=request.saga_id,
+                      item=request.item, quantity=request.quantity, approved=decision.approved,
+                      reason=decision.reason)
         return [Emit(self.ctx.bus.topics.replies, reply.encode(), reply.key,
                      partition=reply_partition(record.headers))]
 

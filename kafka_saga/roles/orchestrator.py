@@ -23,6 +23,7 @@ left without a task. Details: docs/architecture.md and docs/backpressure.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 import types
 from typing import Any
 
@@ -278,10 +279,12 @@ class OrchestratorRole(Role):
         if flush:
             await self.bus.producer.flush()
         # terminal outcomes at info; the steps in between at debug (hot path: ~5 per order)
-        (log.info if saga.terminal or event.type is EventType.ORDER_COMPENSATED else log.debug)(
-            "saga event", type=event.type.value, step=event.step.value, saga_id=saga.saga_id,
-            order_id=saga.order_id, retry_count=event.retry_count,
-            **({"reason": event.error_message} if event.error_message else {}))
+        outcome = saga.terminal or event.type is EventType.ORDER_COMPENSATED
+        if outcome or logs.enabled(logging.DEBUG):
+            (log.info if outcome else log.debug)(
+                "saga event", type=event.type.value, step=event.step.value, saga_id=saga.saga_id,
+                order_id=saga.order_id, retry_count=event.retry_count,
+                **({"reason": event.error_message} if event.error_message else {}))
         if settled(saga):
             self.gateway.forget(saga.saga_id)
 

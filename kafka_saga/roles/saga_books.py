@@ -34,6 +34,7 @@ from ..core.saga import Saga
 from ..core.sagabook import EVENTS_FROM, SagaBook
 
 log = logs.get("orchestrator")
+USERS_REMEMBERED = 100_000
 
 
 def partition_of(saga: Saga) -> int:
@@ -69,12 +70,13 @@ class SagaBooks:
         self.cut: dict[int, list[_Send]] = {}  # those of the checkpoint under way
         self.events_partitions = 1  # of orders.events (set by the role at start)
         self.written: dict[int, int] = {}  # events partition -> highest offset seen written
+        self.users: dict[str, int] = {}  # user -> events partition
         self.restored = 0  # sagas restored (changelog and events tail), in all
 
     async def publish(self, saga: Saga, event: Event, partition: int) -> None:
         """Send a transition already applied to ``saga`` to its user's partition of
         orders.events (``partition``: the saga's, in the header), then note it in its book."""
-        send = _Send(user_partition(saga.snapshot.user, self.events_partitions))
+        send = _Send(self._user_partition(saga.snapshot.user))
         self.sends.setdefault(partition, []).append(send)
         headers = [(REPLY_PARTITION, str(partition).encode())] if partition >= 0 else []
         send.record = await self.bus.producer.send(self.bus.topics.events, event.encode(), event.key,
@@ -85,6 +87,16 @@ class SagaBooks:
                 book.saved(saga)
             else:
                 book.add(saga)
+
+    def _user_partition(self, user: str) -> int:
+        """The user's events partition (murmur2, remembered: ~5 events per order)."""
+        known = self.users
+        partition = known.get(user)
+        if partition is None:
+            if len(known) >= USERS_REMEMBERED:
+                known.clear()
+            partition = known[user] = user_partition(user, self.events_partitions)
+        return partition
 
     def live(self, saga_id: str) -> Saga | None:
         for book in self.states.values():
