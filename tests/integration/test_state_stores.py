@@ -6,6 +6,7 @@ anyone restore from zero again and again."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from collections import Counter
 from collections.abc import Iterator
 
@@ -97,7 +98,9 @@ def restore_records(bus) -> float:
     return bus.metrics.restore_records.labels(role="counting")._value.get()
 
 
-async def test_a_restart_restores_the_live_state_from_the_changelog(bus):
+async def test_a_restart_restores_the_live_state_from_the_changelog(bus, monkeypatch):
+    # a checkpoint every 100 ms: many, each writing the keys it changed
+    monkeypatch.setattr(bus, "settings", replace(bus.settings, commit_interval_ms=100))
     first = Member(bus)
     expected: Counter[str] = Counter()
     for _ in range(40):  # 12,000 records, 300 live entries, many checkpoints
