@@ -191,27 +191,31 @@ async def saga_throughput(settings: Any, orders: int, processes: int = 0) -> dic
 
 
 async def saga_latency(bus: Bus, watch: TerminalWatch, rate: float, seconds: float = 6.0) -> dict[str, Any]:
-    """Submission -> terminal event at a fixed rate (orders written one by one, each flushed)."""
+    """Submission -> terminal event at a fixed rate: every 10 ms the orders due are handed to
+    the producer (no flush in between: the client's own batching, as any client's), each
+    timed from that moment. Reports the rate achieved beside the one asked for."""
     batch = commands(max(1, int(rate * seconds)))
     submitted: dict[str, float] = {}
-    interval = 1.0 / rate
-    next_at = time.perf_counter()
-    for command in batch:
-        await bus.producer.send(bus.topics.commands, command.encode(), command.key)
-        await bus.producer.flush()
-        submitted[command.snapshot.order_id] = time.perf_counter()
-        next_at += interval
-        delay = next_at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    first = time.perf_counter()
+    sent = 0
+    while sent < len(batch):
+        now = time.perf_counter()
+        due = min(len(batch), int((now - first) * rate) + 1)
+        for command in batch[sent:due]:
+            await bus.producer.send(bus.topics.commands, command.encode(), command.key)
+            submitted[command.snapshot.order_id] = now
+        sent = max(sent, due)
+        await asyncio.sleep(max(0.0, 0.01 - (time.perf_counter() - now)))
+    achieved = len(batch) / max(1e-9, time.perf_counter() - first)
+    await bus.producer.flush()
     await watch.wait_for(list(submitted), timeout=120)
     values = sorted((watch.terminal_at[o] - t) * 1000 for o, t in submitted.items())
 
     def pct(p: float) -> float:
         return round(values[min(len(values) - 1, int(p * len(values)))], 2)
 
-    return {"rate_per_s": round(rate, 1), "orders": len(values), "p50_ms": pct(0.5),
-            "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+    return {"rate_per_s": round(rate, 1), "achieved_per_s": round(achieved, 1), "orders": len(values),
+            "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
 
 
 APPROVED_TRAIL = ((EventType.ORDER_CREATED, Step.VALIDATION), (EventType.ORDER_APPROVED, Step.VALIDATION),

@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from .client import Bus, retry_until
 
 Apply = Callable[[Any], Awaitable[None] | None]
+YIELD_EVERY = 256  # records applied between two turns of the event loop while following
 
 
 class TopicFollower:
@@ -86,6 +87,8 @@ class TopicFollower:
                         if result is not None:
                             await result
                         self.records += 1
+                        if not (until_end or self.records % YIELD_EVERY):
+                            await asyncio.sleep(0)  # following live: other work steps meanwhile
                     self.positions[tp] = records[-1].offset + 1
                 for tp in tps:  # an empty or compacted tail still counts as reached
                     if tp not in batches and consumer.highwater(tp) is not None:

@@ -56,6 +56,8 @@ from .transactions import Transactions
 Partitions = Iterable[TopicPartition]
 
 
+YIELD_EVERY = 256  # records handled between two turns of the event loop (latency of the rest)
+
 __all__ = ["RebalanceFailed", "Subscription", "consume", "consume_workers", "is_retriable", "wait_unless_stopped"]
 
 
@@ -202,6 +204,8 @@ class _Runner(PartitionOwnership):
                 self._pause(tp, record.offset)  # the rest waits in Kafka
                 break
             handled += 1
+            if not handled % YIELD_EVERY:  # let the other roles' work (sagas) step meanwhile
+                await asyncio.sleep(0)
             result = handle_record(sub, record, state)
             out = cast(Outcome, await result if type(result) is CoroutineType else result)
             if isinstance(out, Rejected):

@@ -173,17 +173,40 @@ class Producer:
         return record
 
     async def send_and_wait(self, topic: str, value: bytes | None, key: bytes | None = None,
-                            headers: Headers | None = None) -> None:
-        """Send one record and wait until its readers can read it: acknowledged, and inside a
-        transaction's scope, committed (a deadline that counts from here then measures the
-        reader, not our own commit interval)."""
+                            headers: Headers | None = None, after: tuple[Outgoing, ...] = ()) -> None:
+        """Send one record and wait until its readers can read it: acknowledged (with the
+        records ``after`` names: what it must not overtake), and inside a transaction's scope,
+        committed (a deadline that counts from here then measures the reader, not our own
+        commit interval)."""
         record = await self.send(topic, value, key, headers)
-        await self.flush()
+        await self.delivered(*after, record)
         if record.committed is not None:
             await asyncio.shield(record.committed)
 
+    async def delivered(self, *records: Outgoing) -> None:
+        """Wait until ``records`` are acknowledged: only them, not everything enqueued (a
+        record acknowledged means the earlier ones of its partition were too: the client
+        keeps one request in flight per partition). A record that failed, or never reached
+        the client, falls back to :meth:`flush`, which re-sends it behind the breaker.
+        Inside a transaction's scope: :meth:`flush` (that transaction's records)."""
+        if scope.get() is not None:
+            await self.flush()
+            return
+        for record in records:
+            future = record.future
+            if future is not None and not future.done():
+                try:
+                    await asyncio.shield(future)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001,S110 - read below: flush re-sends it
+                    pass
+            if future is None or _failed(future) is not None:
+                await self.flush()
+                return
+
     async def send_to_dlq(self, record: Any, reason: str, error: str, role: str,
-                          retry_count: int = 0) -> None:
+                          retry_count: int = 0) -> Outgoing:
         """Dead-letter a consumed record: original key and bytes, reason and origin headers."""
         headers = dlq_headers(
             reason=reason, error=error, topic=record.topic, partition=record.partition,
@@ -198,7 +221,7 @@ class Producer:
         self.metrics.dlq.labels(role=role, reason=reason).inc()
         log.warning("sent to dlq", reason=reason, error=error[:300], role=role,
                     topic=record.topic, partition=record.partition, offset=record.offset)
-        await self.send(self.dlq_topic, value, record.key, headers)
+        return await self.send(self.dlq_topic, value, record.key, headers)
 
     async def flush(self) -> None:
         """Wait until every record enqueued so far is acknowledged (retrying behind the breaker).

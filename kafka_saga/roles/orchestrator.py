@@ -35,6 +35,7 @@ from .. import logs
 from ..bus.fence import Fence, Fenced
 from ..bus.inflight import InFlight
 from ..bus.loop import consume_workers, wait_unless_stopped
+from ..bus.producer import Outgoing
 from ..bus.transactions import bind
 from ..core.catalog import Catalog
 from ..core.contracts import (
@@ -71,6 +72,7 @@ class OrchestratorRole(Role):
         self.gateway = ctx.shared.get("payment_gateway") or SimulatedGateway(settings.payment_failure_rate)
         self.books = SagaBooks(self.bus, settings.state_window)  # the sagas, per partition
         self.runners: dict[str, asyncio.Task[None]] = {}
+        self.last_event: dict[str, Outgoing] = {}  # each running saga's latest event sent
         self.answers = Answers(self.bus)  # participant answers awaited by running sagas
         self.limit = InFlight(settings.max_in_flight, topics=(self.bus.topics.commands,))
         self.fence = Fence(settings.session_timeout_ms / 3000)
@@ -181,6 +183,7 @@ class OrchestratorRole(Role):
         finally:
             if self.runners.get(saga.saga_id) is asyncio.current_task():
                 del self.runners[saga.saga_id]
+                self.last_event.pop(saga.saga_id, None)
 
     async def pay(self, saga: Saga) -> None:
         settings = self.ctx.settings
@@ -208,9 +211,10 @@ class OrchestratorRole(Role):
                 await asyncio.sleep(delay)
         if not outcome:
             saga.retry_count = max(saga.retry_count, tries - 1)
-            await self.dead_letter(saga, "payment_retries_exhausted", error)
+            letter = await self.dead_letter(saga, "payment_retries_exhausted", error)
             await self.finish(saga, Ending(FAILED, Step.PAYMENT,
-                                           f"payment failed after {tries - 1} retries: {error}"))
+                                           f"payment failed after {tries - 1} retries: {error}"),
+                              sent=(letter,))
             return
         if outcome == APPROVED:
             await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.PAYMENT, retry_count=tries - 1),
@@ -231,8 +235,11 @@ class OrchestratorRole(Role):
             waiter = self.answers.expect(saga.saga_id)
             try:
                 await self.fence.owned()
+                # acknowledged with the saga's events before it (their partition keeps order)
+                last = self.last_event.get(saga.saga_id)
                 await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(),
-                                                      request.key, headers)
+                                                      request.key, headers,
+                                                      after=(last,) if last is not None else ())
                 approved, reason = await self.answers.wait(waiter, partition, settings.inventory_timeout_s)
             except TimeoutError:
                 self.bus.metrics.step_timeouts.labels(step=Step.INVENTORY.value).inc()
@@ -246,38 +253,49 @@ class OrchestratorRole(Role):
             else:
                 await self.finish(saga, Ending(REJECTED, Step.INVENTORY, reason))
             return
-        await self.release(saga)  # it may have reserved without us hearing the answer
-        await self.dead_letter(saga, "inventory_timeout", "inventory did not answer")
-        await self.finish(saga, Ending(FAILED, Step.INVENTORY, "inventory did not answer in time"))
+        released = await self.release(saga)  # it may have reserved without us hearing the answer
+        letter = await self.dead_letter(saga, "inventory_timeout", "inventory did not answer")
+        await self.finish(saga, Ending(FAILED, Step.INVENTORY, "inventory did not answer in time"),
+                          sent=(released, letter))
 
-    async def finish(self, saga: Saga, ending: Ending) -> None:
-        """Compensate completed steps in reverse order, then write the terminal event."""
+    async def finish(self, saga: Saga, ending: Ending, sent: tuple[Outgoing, ...] = ()) -> None:
+        """Compensate completed steps in reverse order, then write the terminal event; each
+        event is acknowledged with what the saga sent before it (``sent``: a dead letter, a
+        release request)."""
+        before = list(sent)
         for step in saga.pending_compensations():
             if step is Step.INVENTORY:
-                await self.release(saga)
+                before.append(await self.release(saga))
             else:
                 await self.fence.owned()
                 await self.gateway.refund(saga.saga_id, saga.snapshot)
-            await self.emit(saga, saga.compensation_event(step, ending))
-        await self.emit(saga, saga.terminal_event(ending))
+            await self.emit(saga, saga.compensation_event(step, ending), after=tuple(before))
+            before = []
+        await self.emit(saga, saga.terminal_event(ending), after=tuple(before))
 
-    async def release(self, saga: Saga) -> None:
+    async def release(self, saga: Saga) -> Outgoing:
         snap = saga.snapshot
         request = InventoryRequest(new_id(), saga.saga_id, snap.order_id, snap.item, snap.quantity, "release")
         await self.fence.owned()
-        await self.bus.producer.send(self.bus.topics.inventory, request.encode(), request.key)
+        return await self.bus.producer.send(self.bus.topics.inventory, request.encode(), request.key)
 
-    async def emit(self, saga: Saga, event: Event, flush: bool = True) -> None:
+    async def emit(self, saga: Saga, event: Event, flush: bool = True,
+                   after: tuple[Outgoing, ...] = ()) -> None:
         """Record a transition: apply it, publish it to the saga's user's partition of
-        orders.events, then note it in the saga's book; (by default) wait until durable.
+        orders.events, then note it in the saga's book; (by default) wait until it is
+        acknowledged, with the records ``after`` names (what the saga sent before it).
         The book notes it only once the event is handed to the producer: a checkpoint never
         holds a state whose event could still be lost."""
         await self.fence.owned()  # a paused process writes nothing until it knows it may
         if not saga.apply(event) and event.type is not EventType.ORDER_CREATED:
+            if after:
+                await self.bus.producer.delivered(*after)
             return
-        await self.books.publish(saga, event, partition_of(saga))
-        if flush:
-            await self.bus.producer.flush()
+        record = await self.books.publish(saga, event, partition_of(saga))
+        if flush:  # the saga's own records only (its events: one partition, in order)
+            await self.bus.producer.delivered(*after, record)
+        elif saga.saga_id in self.runners:
+            self.last_event[saga.saga_id] = record
         # terminal outcomes at info; the steps in between at debug (hot path: ~5 per order)
         outcome = saga.terminal or event.type is EventType.ORDER_COMPENSATED
         if outcome or logs.enabled(logging.DEBUG):
@@ -288,7 +306,7 @@ class OrchestratorRole(Role):
         if settled(saga):
             self.gateway.forget(saga.saga_id)
 
-    async def dead_letter(self, saga: Saga, reason: str, error: str) -> None:
+    async def dead_letter(self, saga: Saga, reason: str, error: str) -> Outgoing:
         """Send the saga's original command to the DLQ (rebuilt from the saga's own record)."""
         command = Command(saga.command_id or new_id(), saga.saga_id, CommandType.ORDER_CREATE,
                           saga.snapshot)
@@ -297,7 +315,7 @@ class OrchestratorRole(Role):
                                        offset=offset, key=command.key, value=command.encode(),
                                        headers=[])
         await self.fence.owned()
-        await self.bus.producer.send_to_dlq(origin, reason, error, self.name, saga.retry_count)
+        return await self.bus.producer.send_to_dlq(origin, reason, error, self.name, saga.retry_count)
 
     # --- ownership ----------------------------------------------------------------------
     async def assigned(self, _consumer: AIOKafkaConsumer, committed: dict[TopicPartition, int]) -> None:

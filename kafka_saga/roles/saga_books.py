@@ -73,7 +73,7 @@ class SagaBooks:
         self.users: dict[str, int] = {}  # user -> events partition
         self.restored = 0  # sagas restored (changelog and events tail), in all
 
-    async def publish(self, saga: Saga, event: Event, partition: int) -> None:
+    async def publish(self, saga: Saga, event: Event, partition: int) -> Outgoing:
         """Send a transition already applied to ``saga`` to its user's partition of
         orders.events (``partition``: the saga's, in the header), then note it in its book."""
         send = _Send(self._user_partition(saga.snapshot.user))
@@ -87,6 +87,7 @@ class SagaBooks:
                 book.saved(saga)
             else:
                 book.add(saga)
+        return send.record
 
     def _user_partition(self, user: str) -> int:
         """The user's events partition (murmur2, remembered: ~5 events per order)."""

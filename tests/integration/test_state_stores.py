@@ -6,9 +6,9 @@ anyone restore from zero again and again."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from aiokafka import TopicPartition
