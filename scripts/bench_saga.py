@@ -66,6 +66,16 @@ class TerminalWatch:
             await self.task
 
 
+async def watched_bus(settings: Any) -> tuple[Bus, TerminalWatch]:
+    """A started bus on ``settings``' topics (created if missing), and a watch of its events."""
+    bus = Bus(settings)
+    await bus.ensure_topics()
+    await bus.start()
+    watch = TerminalWatch(bus)
+    watch.start()
+    return bus, watch
+
+
 def commands(count: int) -> list[Any]:
     return [new_order_command(f"client{i % 100:02d}", ("espresso", "latte", "mocha")[i % 3], 1, CATALOG)
             for i in range(count)]
@@ -144,11 +154,7 @@ async def saga_throughput(settings: Any, orders: int, processes: int = 0) -> dic
     count = max(1, processes)
     ports = [free_port() for _ in range(count)]
     procs = [spawn_runtime(settings, ALL_ROLES, QUERY_API_PORT=str(port)) for port in ports]
-    bus = Bus(settings)
-    await bus.ensure_topics()
-    await bus.start()
-    watch = TerminalWatch(bus)
-    watch.start()
+    bus, watch = await watched_bus(settings)
     try:
         await _through(bus, watch, commands(20 * count), 180)  # every group has joined
         watch.terminal_at.clear()
@@ -279,11 +285,7 @@ async def recovery(settings: Any, history: int, chunk: int = 5000) -> dict[str, 
     roles = os.environ.get("KAFKA_SAGA_BENCH_ROLES", ",".join(ALL_ROLES)).split(",")
     env = {"KAFKA_SAGA_INSTANCE_ID": "bench-recovery"}
     proc = spawn_runtime(settings, roles, **env)
-    bus = Bus(settings)
-    await bus.ensure_topics()
-    await bus.start()
-    watch = TerminalWatch(bus)
-    watch.start()
+    bus, watch = await watched_bus(settings)
     try:
         await _through(bus, watch, commands(1), 120)  # the groups have joined
         started = time.perf_counter()
@@ -319,10 +321,7 @@ async def memory(settings: Any, orders: int, chunk: int = 5000) -> dict[str, Any
     """Peak RSS of a runtime process (every role) while ``orders`` orders go through it."""
     proc = spawn_runtime(settings, ALL_ROLES)
     await asyncio.sleep(6)
-    bus = Bus(settings)
-    await bus.start()
-    watch = TerminalWatch(bus)
-    watch.start()
+    bus, watch = await watched_bus(settings)
     peak = 0
     started = time.perf_counter()
     for first in range(0, orders, chunk):
