@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=300.0)
     replay.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes folding the partitions (default: one per core; one "
-                             "process below 50,000 events)")
+                             "process below 200,000 events)")
     replay.set_defaults(func=lambda a, s: asyncio.run(_replay(a, s)))
     return parser
 

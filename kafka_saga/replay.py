@@ -36,7 +36,9 @@ from .core.contracts import ContractError, Event, UserAggregate, now_rfc3339
 from .core.fold import AggregateFold
 from .core.store import DEFAULT_WINDOW
 
-PARALLEL_FROM = 50_000  # events: below this, one process is done before more have started
+# events: below this, one process is done before more have started (measured on 2 cores:
+# 100,000 events replay in 1.1 s in one process, 1.2 s in two that take ~0.5 s to start)
+PARALLEL_FROM = 200_000
 
 
 class PartitionedFold:

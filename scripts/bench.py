@@ -339,7 +339,7 @@ async def main() -> int:
                                                seconds=5 * max(scale, 0.4)) for _ in range(repeat)]
             report["query"] = summarise(runs, "ratio")
         if "replay" in wanted:
-            runs = [await bench_saga.replay(settings_for(bootstrap, args.partitions), int(20000 * scale))
+            runs = [await bench_saga.replay(settings_for(bootstrap, args.partitions), int(60000 * scale))
                     for _ in range(repeat)]
             report["replay"] = summarise(runs, "replay_per_s")
         if "recovery" in wanted:

@@ -68,6 +68,7 @@ class PartitionTransaction:
         self.open = asyncio.Event()  # set while sends may join the transaction
         self.closed = False
         self.sent = 0  # records in the open transaction
+        self.by_topic: dict[str, int] = {}  # of those, per topic (produced once committed)
         self.unacked: set[asyncio.Future[Any]] = set()
         self.error: BaseException | None = None  # the first delivery that failed
         self.committed = self._next_commit()  # done when the open transaction commits
@@ -101,6 +102,7 @@ class PartitionTransaction:
         future = record.future = await self.kafka.send(topic, value, key=key,
                                                        headers=record.headers, partition=partition)
         self.sent += 1
+        self.by_topic[topic] = self.by_topic.get(topic, 0) + 1
         self.unacked.add(future)
         future.add_done_callback(self._acked)
         return record
@@ -134,6 +136,9 @@ class PartitionTransaction:
                 {self.tp: OffsetAndMetadata(offset, "")}, group_id)
         await self.kafka.commit_transaction()
         self.sent = 0
+        for topic, count in self.by_topic.items():  # readers see them from now on
+            self.metrics.produced.labels(topic=topic).inc(count)
+        self.by_topic = {}
         done, self.committed = self.committed, self._next_commit()
         done.set_result(None)
         await self.kafka.begin_transaction()

@@ -106,6 +106,8 @@ async def test_sends_wait_while_a_checkpoint_commits_and_join_the_next_transacti
                           ("send", "orders.events", b"during")]
     assert txn.dirty  # "during" belongs to the new transaction
     assert txns.transactional_id(TP) == "kafka-saga.orchestrator.orders.commands-2"
+    produced = txns.bus.metrics.produced.labels(topic="orders.events")._value.get()
+    assert produced == 1  # "before", counted once committed; "during" not yet
 
 
 async def test_nothing_to_commit_costs_no_round_trip():
