@@ -19,8 +19,8 @@ from kafka_saga.observation.http import HttpServer
 
 
 async def query_api(settings: Any, users: int = 100, seconds: float = 5.0) -> dict[str, Any]:
-    """GET /aggregates/{user} next to a bare aiohttp handler returning the same bytes, same
-    process, same load."""
+    """GET /aggregates/{user} next to the same endpoint written bare in aiohttp (a path
+    parameter, the same stored bytes, no middleware, one route), same process, same load."""
     platform, task = await start_platform(settings, ["aggregator", "query"])
     bus = platform.bus
     assert bus is not None
@@ -32,17 +32,18 @@ async def query_api(settings: Any, users: int = 100, seconds: float = 5.0) -> di
     model = platform.shared["read_model"]
     while len(model.aggregates) < users:  # type: ignore[attr-defined]
         await asyncio.sleep(0.1)
-    body = model.aggregates.bodies["client01"]  # type: ignore[attr-defined]  # the same bytes
+    bodies = dict(model.aggregates.bodies)  # type: ignore[attr-defined]  # the same bytes
 
-    async def bare(_request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
+    async def bare(request: web.Request) -> web.Response:
+        # the same endpoint written bare: a path parameter, the stored bytes, no middleware
+        return web.Response(body=bodies[request.match_info["user"]], content_type="application/json")
 
     app = web.Application()
-    app.router.add_get("/bare", bare)
+    app.router.add_get("/bare/{user}", bare)
     server = HttpServer(app, "127.0.0.1", free_port(), "bare")
     await server.start()
     query_url = f"{platform.shared['query_url']}/aggregates/client01"
-    bare_url = f"http://127.0.0.1:{server.port}/bare"
+    bare_url = f"http://127.0.0.1:{server.port}/bare/client01"
 
     async def load(urls: list[str], each_s: float) -> list[dict[str, Any]]:
         proc = await asyncio.create_subprocess_exec(
