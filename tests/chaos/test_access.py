@@ -95,7 +95,8 @@ async def test_admin_token_is_required_and_compared_in_constant_time(platform, s
     platform.settings = replace(settings, admin_token=TOKEN)
     await platform.start("query")
     events = order_events("o-adm", "client01", "pending")
-    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, events)
+    await asyncio.to_thread(produce_events, settings.bootstrap_servers, bus.topics.events, events,
+                            settings.partitions)  # as the orchestrator writes them
 
     async def seen() -> bool:
         return (await platform.get("/orders/o-adm"))[0] == 200

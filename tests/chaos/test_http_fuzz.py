@@ -72,7 +72,8 @@ async def server(broker) -> AsyncIterator[Server]:
         events = [e for o in ("approved", "rejected", "pending")
                   for e in order_events(f"fz-{o}", "fuzzer", o)]
         topics = platform.bus.topics
-        await asyncio.to_thread(produce_events, broker.bootstrap, topics.events, events)
+        await asyncio.to_thread(produce_events, broker.bootstrap, topics.events, events,
+                                config.partitions)  # as the orchestrator writes them
         await asyncio.to_thread(produce, broker.bootstrap, topics.events,
                                 [(b"fz-bad", b"{not json"), (None, b"[1]")])
 

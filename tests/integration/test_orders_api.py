@@ -7,7 +7,15 @@ import time
 from typing import Any
 
 from kafka_saga.bus.follow import read_topic
-from kafka_saga.core.contracts import Command, CommandType, Event, EventType, Snapshot, Step
+from kafka_saga.core.contracts import (
+    Command,
+    CommandType,
+    Event,
+    EventType,
+    Snapshot,
+    Step,
+    reply_partition,
+)
 
 from ..support.http import assert_error, call
 from ..support.orders import order_events, produce, produce_events
@@ -36,17 +44,20 @@ async def rejects_on_replies(bus) -> list[tuple[bytes, int, Command]]:
 
 
 async def partition_of(bus, saga_id: str) -> int:
-    """The partition of orders.events the saga's events are on."""
-    found: set[int] = set()
+    """The partition owning the saga: the one its events name (reply-partition header)."""
+    found: set[int | None] = set()
     await read_topic(bus, bus.topics.events,
-                     lambda r: found.add(r.partition) if Event.decode(r.value).saga_id == saga_id else None,
+                     lambda r: found.add(reply_partition(r.headers))
+                     if Event.decode(r.value).saga_id == saga_id else None,
                      timeout=TIMEOUT)
     [partition] = found
     return partition
 
 
 async def produce_async(settings, topic: str, events: list[Event]) -> None:
-    await asyncio.to_thread(produce_events, settings.bootstrap_servers, topic, events)
+    """The events as the orchestrator writes them (naming their saga's partition)."""
+    await asyncio.to_thread(produce_events, settings.bootstrap_servers, topic, events,
+                            settings.partitions)
 
 
 async def order_seen(platform, order_id: str, status: str | None = None, events: int | None = None):
