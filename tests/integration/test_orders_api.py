@@ -163,7 +163,10 @@ async def test_order_view_follows_the_saga_events(platform, settings, bus):
     streams = {outcome: order_events(f"o-{outcome}", "client01", outcome, quantity=3, price=900)
                for outcome in ("approved", "rejected", "failed", "pending")}
     late = order_events("o-late", "client02", "approved", late_reject=True)
-    duplicate = order_events("o-approved", "mallory", "rejected")  # a second saga, same order
+    # a second saga of the same order (submitted twice by its user: on the same partition, after
+    # the first; an order id reused by another user is on that user's partition, see
+    # docs/architecture.md)
+    duplicate = order_events("o-approved", "client01", "rejected")
     everything = [e for events in streams.values() for e in events] + late
     await produce_async(settings, bus.topics.events, everything + everything[:4] + duplicate[1:])
     await asyncio.to_thread(produce, settings.bootstrap_servers, bus.topics.events,
