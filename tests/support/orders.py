@@ -54,11 +54,17 @@ def random_orders(count: int, users: int = 5, seed: int = 7) -> list[list[Event]
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]],
             headers: list[tuple[str, bytes]] | None = None) -> None:
     """Produce ``(key, value)`` records with kafka-python, then flush."""
+    _produce_rows(bootstrap, topic, [(key, value, headers or []) for key, value in records])
+
+
+def _produce_rows(bootstrap: str, topic: str,
+                  rows: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+    """Produce ``(key, value, headers)`` rows with kafka-python, then flush."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
                              enable_idempotence=False)
     try:
-        for key, value in records:
-            producer.send(topic, key=key, value=value, headers=headers or [])
+        for key, value, headers in rows:
+            producer.send(topic, key=key, value=value, headers=headers)
         producer.flush(30)
     finally:
         producer.close(5)
@@ -73,15 +79,8 @@ def produce_events(bootstrap: str, topic: str, events: list[Event], saga_partiti
     """Write events as the orchestrator does: keyed by user (so on the user's partition,
     murmur2) and, with ``saga_partitions``, naming their saga's partition in the
     reply-partition header."""
-    if not saga_partitions:
-        produce(bootstrap, topic, [(e.key, e.encode()) for e in events])
-        return
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
-                             enable_idempotence=False)
-    try:
-        for e in events:
-            header = str(saga_partition(e.saga_id, saga_partitions)).encode()
-            producer.send(topic, key=e.key, value=e.encode(), headers=[(REPLY_PARTITION, header)])
-        producer.flush(30)
-    finally:
-        producer.close(5)
+    _produce_rows(bootstrap, topic, [
+        (e.key, e.encode(),
+         [(REPLY_PARTITION, str(saga_partition(e.saga_id, saga_partitions)).encode())]
+         if saga_partitions else [])
+        for e in events])
