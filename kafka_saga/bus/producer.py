@@ -64,6 +64,7 @@ class Outgoing:
     # exactly-once: done when the transaction holding the record commits (readers at
     # read_committed see it from then on); None outside a transaction
     committed: asyncio.Future[None] | None = field(default=None)
+    counted: bool = False  # in the produced metric already (seen acknowledged)
 
     @property
     def offset(self) -> int | None:
@@ -204,6 +205,10 @@ class Producer:
             if future is None or _failed(future) is not None:
                 await self.flush()
                 return
+        for record in records:  # acknowledged: produced (a later flush skips them)
+            if not record.counted:
+                record.counted = True
+                self.metrics.produced.labels(topic=record.topic).inc()
 
     async def send_to_dlq(self, record: Any, reason: str, error: str, role: str,
                           retry_count: int = 0) -> Outgoing:
@@ -312,7 +317,8 @@ class Producer:
             if result is not None:
                 failed.append(rec)
                 error = result
-            else:
+            elif not rec.counted:
+                rec.counted = True
                 delivered[rec.topic] = delivered.get(rec.topic, 0) + 1
         for topic, count in delivered.items():
             self.metrics.produced.labels(topic=topic).inc(count)
