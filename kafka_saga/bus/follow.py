@@ -13,10 +13,13 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from .. import logs
 from .client import Bus, retry_until
+from .lost_places import LostPlaces
 
 Apply = Callable[[Any], Awaitable[None] | None]
 YIELD_EVERY = 256  # records applied between two turns of the event loop while following
+log = logs.get("follow")
 
 
 class TopicFollower:
@@ -68,6 +71,7 @@ class TopicFollower:
         self.target = {tp: end for tp, end in target.items()
                        if self.only is None or tp.partition in self.only}
         consumer = await self.bus.started_consumer(max_poll_records=5000)
+        lost = LostPlaces()
         try:
             tps = list(self.target)
             consumer.assign(tps)
@@ -93,11 +97,24 @@ class TopicFollower:
                 for tp in tps:  # an empty or compacted tail still counts as reached
                     if tp not in batches and consumer.highwater(tp) is not None:
                         self.positions[tp] = max(self.positions.get(tp, 0), await consumer.position(tp))
+                await self._rewind_lost(consumer, lost, [tp for tp in tps if tp not in batches])
                 if on_batch:
                     on_batch()
                 self._check_caught_up()
         finally:
             await consumer.stop()
+
+    async def _rewind_lost(self, consumer: Any, lost: LostPlaces, idle: list[TopicPartition]) -> None:
+        """Read again from its start a partition whose place the broker forgot (a restarted
+        memory-only broker: see :mod:`~kafka_saga.bus.lost_places`)."""
+        places = await lost.check(consumer, idle)
+        for tp, (position, end) in places.items():
+            log.error("the partition's end fell below our position: the broker lost or "
+                      "truncated its log; reading it again from its start", reader=self.name,
+                      partition=f"{tp.topic}:{tp.partition}", position=position, end=end)
+            self.positions[tp] = 0
+        if places:
+            await consumer.seek_to_beginning(*places)
 
 
 async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None = None,

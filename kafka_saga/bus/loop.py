@@ -48,6 +48,7 @@ from .handling import (
     handle_record,
     is_retriable,
 )
+from .lost_places import LostPlaces
 from .ownership import PartitionOwnership, RebalanceFailed, name
 from .producer import scope
 from .stores import StoreKeeper
@@ -58,7 +59,7 @@ Partitions = Iterable[TopicPartition]
 
 YIELD_EVERY = 256  # records handled between two turns of the event loop (latency of the rest)
 
-__all__ = ["RebalanceFailed", "Subscription", "consume", "consume_workers", "is_retriable", "wait_unless_stopped"]
+__all__ = ["ConsumerCancelled", "RebalanceFailed", "Subscription", "consume", "consume_workers", "is_retriable", "wait_unless_stopped"]
 
 
 class _Runner(PartitionOwnership):
@@ -82,6 +83,7 @@ class _Runner(PartitionOwnership):
         self.commit_interval_s = interval_ms / 1000
         self.consumed = {t: bus.metrics.consumed.labels(role=sub.role, topic=t) for t in sub.topics}
         self.progress = Progress(sub.role, sub.group_id, worker)
+        self.lost = LostPlaces()
         self.gate = sub.in_flight
         if self.gate is not None:  # only flow-controlled roles report these
             self.in_flight_gauge = bus.metrics.in_flight.labels(role=sub.role)
@@ -129,6 +131,7 @@ class _Runner(PartitionOwnership):
                             await self._checkpoint()
                         next_checkpoint = time.monotonic() + self.commit_interval_s
                     progress.observe(await self._update_idle_lag())
+                    await self._rewind_lost()
                     continue
                 async with self.lock:
                     started = time.perf_counter()
@@ -145,6 +148,7 @@ class _Runner(PartitionOwnership):
                     if now >= next_checkpoint:
                         await self._checkpoint()
                         next_checkpoint = now + self.commit_interval_s
+                        await self._rewind_lost()  # a partition that fetches nothing is not here
                     progress.end()
                     self.bus.metrics.handle_seconds.labels(role=self.sub.role).observe(
                         time.perf_counter() - started)
@@ -310,6 +314,22 @@ class _Runner(PartitionOwnership):
         for tp, meta in offsets.items():
             self.committed[tp] = meta.offset
 
+    async def _rewind_lost(self) -> None:
+        """Read again from its start every partition whose place the broker forgot
+        (:mod:`~kafka_saga.bus.lost_places`); its records come again, as after a crash."""
+        lost = await self.lost.check(self.consumer, self.consumer.assignment())
+        if not lost:
+            return
+        for tp, (position, end) in lost.items():
+            self.log.error("the partition's end fell below our position: the broker lost or "
+                           "truncated its log; reading it again from its start",
+                           partition=name(tp), position=position, end=end)
+            self.handled.pop(tp, None)
+            if tp in self.committed:  # the offsets to come are below the last commit
+                self.committed[tp] = 0
+            self.bus.metrics.places_lost.labels(role=self.sub.role).inc()
+        await self.consumer.seek_to_beginning(*lost)
+
     async def _update_idle_lag(self) -> dict[str, int]:
         """Lag of every assigned partition whose end is known; returned for the watchdog."""
         lags = {}
@@ -324,9 +344,25 @@ class _Runner(PartitionOwnership):
         return lags
 
 
+class ConsumerCancelled(RuntimeError):
+    """The Kafka client ended a consume loop with a cancellation nobody asked for."""
+
+
 async def consume(bus: Bus, sub: Subscription, stop: asyncio.Event, worker: int = 0) -> None:
-    """Run one member of ``sub.group_id`` until ``stop`` is set; commits on the way out."""
-    await _Runner(bus, sub, worker).run(stop)
+    """Run one member of ``sub.group_id`` until ``stop`` is set; commits on the way out.
+
+    A cancellation raised from inside the client (aiokafka re-raises a cancelled background
+    task of its own from ``getmany``) is a crash, with its reason: a task group takes a
+    cancelled child for a quiet end, and the role would return as if asked to stop."""
+    try:
+        await _Runner(bus, sub, worker).run(stop)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # asked for: the role is being stopped or restarted
+        raise ConsumerCancelled(f"{sub.role} worker {worker}: the Kafka client cancelled the "
+                                "consume loop from inside (a background task of its own ended "
+                                "cancelled)") from exc
 
 
 async def consume_workers(bus: Bus, sub: Subscription, stop: asyncio.Event, workers: int) -> None:

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from ..observation.progress import Progress
 from .handling import Subscription
 from .inflight import InFlight
+from .lost_places import LostPlaces
 from .stores import StoreKeeper
 from .transactions import Transactions
 
@@ -52,6 +53,7 @@ class PartitionOwnership(ConsumerRebalanceListener):
     txns: Transactions | None
     gate: InFlight | None
     progress: Progress
+    lost: LostPlaces
     failure: Exception | None
 
     async def _checkpoint(self) -> None:
@@ -107,6 +109,7 @@ class PartitionOwnership(ConsumerRebalanceListener):
                         else:
                             self.stores.states.close(tp)
                 self.progress.forget(names(revoked))
+                self.lost.forget(revoked)
                 if self.gate is not None:
                     for tp in revoked & self.gate.paused:
                         self._paused_gauge(tp, 0)

@@ -51,6 +51,9 @@ class Metrics:
         self.broker_resets = Counter("kafka_saga_broker_resets",
                                      "Times the broker was found without our topics (data lost)",
                                      registry=r)
+        self.places_lost = Counter("kafka_saga_places_lost", "Partitions read again from their start "
+                                   "because their end fell below the reader's position (log reset)",
+                                   ["role"], registry=r)
         self.errors = Counter("kafka_saga_handler_errors", "Handler errors", ["role"], registry=r)
         self.restarts = Counter("kafka_saga_role_restarts", "Role restarts", ["role"], registry=r)
         self.stalled = Gauge("kafka_saga_stalled", "1 while the watchdog reports the role stalled "
@@ -178,6 +181,7 @@ class Metrics:
             "dlq_garbage": self._total(self.dlq_garbage),
             "skipped": self._total(self.skipped),
             "broker_resets": self._total(self.broker_resets),
+            "places_lost": self._total(self.places_lost),
             "handler_errors": self._total(self.errors),
             "step_timeouts": self._total(self.step_timeouts, "step")[1],
             "role_restarts": self._total(self.restarts),

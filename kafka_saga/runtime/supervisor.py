@@ -142,7 +142,7 @@ class Supervisor:
                 return
         log.error("role ignores cancellation: abandoned (its consumers may keep their partitions "
                   "until their group evicts them)", role=name,
-                  waited_s=2 * self.stall_cancel_timeout_s)
+                  waited_s=2 * self.stall_cancel_timeout_s, stuck_at=_where_stuck(name, run))
         self._abandoned.add(run)
         run.add_done_callback(self._forget_abandoned)
 
@@ -257,3 +257,22 @@ class Supervisor:
                 await asyncio.gather(task, return_exceptions=True)
         for server in self._servers:
             await server.stop()
+
+
+def _where_stuck(name: str, run: asyncio.Task[None]) -> dict[str, list[str]]:
+    """Where each task of a role is suspended (its await chain, outermost first): what to read
+    when a role ignores its cancellation."""
+    tasks = [run] + [t for t in asyncio.all_tasks() if t.get_name().startswith(f"{name}-")]
+    where = {}
+    for task in tasks:
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 40:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                break
+            chain.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} "
+                         f"{frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        where[task.get_name()] = chain
+    return where

@@ -139,10 +139,16 @@ async def test_supervisor_abandons_a_role_that_ignores_cancellation_and_restarts
                             roles={"stubborn": Stubborn}, first_backoff_s=0.05,
                             stall_threshold_s=0.3, watchdog_interval_s=0.05,
                             stall_cancel_timeout_s=0.1)
-    task = asyncio.create_task(supervisor.run())
-    try:
+    with capture_logs() as entries:
+        task = asyncio.create_task(supervisor.run())
         await eventually(lambda: supervisor.restarts["stubborn"] == 1, timeout=10, what="restart")
+    try:
         assert len(supervisor._abandoned) == 1  # noqa: SLF001
+        abandoned = [e for e in entries if e["event"].startswith("role ignores cancellation")]
+        # the log line says where the role is stuck: its await chain down to the frozen wait
+        chain = abandoned[0]["stuck_at"]["role:stubborn:run"]
+        assert chain[0].startswith("test_watchdog.py:") and chain[0].endswith(" run"), chain
+        assert any(frame.endswith(" wait") for frame in chain[1:]), chain
         await eventually(lambda: supervisor.health()["healthy"], timeout=10, what="healthy again")
         assert Stubborn.starts == 2 and supervisor.watchdog.stalls == {"stubborn": 1}
         assert bus.metrics.snapshot()["role_restarts"] == 1

@@ -6,9 +6,11 @@ import asyncio
 import subprocess
 from dataclasses import replace
 
+from aiokafka.structs import OffsetAndMetadata
+
 from kafka_saga.bus.client import Bus
 from kafka_saga.bus.embedded import EmbeddedBroker, broker_binary, wait_until_ready
-from kafka_saga.bus.follow import read_topic
+from kafka_saga.bus.follow import TopicFollower, read_topic
 from kafka_saga.bus.loop import Subscription, consume
 from kafka_saga.bus.ports import free_port
 from kafka_saga.core.contracts import DLQ_HEADERS, Event, EventType, Snapshot, Step, headers_dict
@@ -40,6 +42,59 @@ async def test_record_through_the_bus_and_back(bus):
     assert received[0][0] == sent
     assert received[0][1] == {"trace": "t1"}
     assert bus.metrics.snapshot()["produced"] >= 1
+
+
+async def test_a_place_the_broker_forgot_is_read_again_from_its_start(bus):
+    """The group's committed offsets are beyond the partitions' ends, as after a memory-only
+    broker restarted or a log was truncated. Kafka answers such a fetch with
+    OFFSET_OUT_OF_RANGE, some brokers with nothing at all; either way the loop reads the
+    partitions again from their start and nothing written there is missed."""
+    topic = bus.topics.events
+    sent = [_event(f"o-{i}", user=f"client{i:02d}") for i in range(6)]
+    for event in sent:
+        await bus.producer.send_and_wait(topic, event.encode(), event.key)
+    group = bus.topics.group("forgotten")
+    await _commit_beyond_the_end(bus, topic, group, 1_000)
+    received: list[Event] = []
+    stop = asyncio.Event()
+
+    async def handle(event: Event, _record) -> None:
+        received.append(event)
+        if len(received) == len(sent):
+            stop.set()
+
+    sub = Subscription("forgotten", (topic,), group, Event.decode, handle)
+    await asyncio.wait_for(consume(bus, sub, stop), 60)
+    assert sorted(e.event_id for e in received) == sorted(e.event_id for e in sent)
+
+
+async def test_a_follower_whose_place_is_beyond_the_end_reads_from_the_start(bus):
+    topic = bus.topics.events
+    sent = [_event(f"o-{i}", user=f"client{i:02d}") for i in range(6)]
+    for event in sent:
+        await bus.producer.send_and_wait(topic, event.encode(), event.key)
+    received: list = []
+    partitions = await bus.partitions(topic)
+    follower = TopicFollower(bus, topic, received.append, name="forgotten",
+                             start={tp.partition: 1_000 for tp in partitions})
+    stop = asyncio.Event()
+    task = asyncio.create_task(follower.run(stop))
+    try:
+        await eventually(lambda: len(received) >= len(sent), timeout=60, what="records read again")
+    finally:
+        stop.set()
+        await task
+    assert sorted(Event.decode(r.value).event_id for r in received) == sorted(e.event_id for e in sent)
+
+
+async def _commit_beyond_the_end(bus, topic: str, group: str, offset: int) -> None:
+    consumer = await bus.started_consumer(group_id=group)
+    try:
+        partitions = await bus.partitions(topic)
+        consumer.assign(partitions)
+        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp in partitions})
+    finally:
+        await consumer.stop()
 
 
 async def _dead_letters(bus) -> list:
