@@ -189,7 +189,7 @@ class Supervisor:
                               crashes_in_window=len(crashes))
                 else:
                     metrics.role_state[name] = "crashed"
-                    log.error("role crashed", role=name, error=f"{type(exc).__name__}: {exc}",
+                    log.error("role crashed", role=name, error=crash_reason(exc),
                               crashes_in_window=len(crashes), exc_info=exc)
                 if len(crashes) >= self.restart_max:
                     log.critical("crash loop: stopping the process", role=name,
@@ -257,6 +257,14 @@ class Supervisor:
                 await asyncio.gather(task, return_exceptions=True)
         for server in self._servers:
             await server.stop()
+
+
+def crash_reason(exc: BaseException) -> str:
+    """What a crash says: the errors inside the task groups, not "unhandled errors in a
+    TaskGroup" (a role's consume loops run in nested task groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(crash_reason(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _where_stuck(name: str, run: asyncio.Task[None]) -> dict[str, list[str]]:

@@ -15,6 +15,7 @@ from kafka_saga.bus.client import Bus
 from kafka_saga.bus.handling import Subscription
 from kafka_saga.bus.loop import ConsumerCancelled, _Runner, consume
 from kafka_saga.config import Settings
+from kafka_saga.runtime.supervisor import crash_reason
 
 SUB = Subscription("test", ("orders.events",), "test-group", bytes, lambda *_: None)
 
@@ -42,3 +43,13 @@ async def test_a_cancellation_asked_for_stays_a_cancellation(monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
+
+
+def test_the_supervisor_names_the_errors_inside_the_roles_task_groups():
+    inner = ConsumerCancelled("aggregator worker 0: the Kafka client cancelled the consume loop")
+    nested = ExceptionGroup("unhandled errors in a TaskGroup", [
+        ExceptionGroup("unhandled errors in a TaskGroup", [inner, TimeoutError("changelog")])])
+    assert crash_reason(nested) == (
+        "ConsumerCancelled: aggregator worker 0: the Kafka client cancelled the consume loop; "
+        "TimeoutError: changelog")
+    assert crash_reason(RuntimeError("plain")) == "RuntimeError: plain"
