@@ -107,14 +107,8 @@ class TopicFollower:
     async def _rewind_lost(self, consumer: Any, lost: LostPlaces, idle: list[TopicPartition]) -> None:
         """Read again from its start a partition whose place the broker forgot (a restarted
         memory-only broker: see :mod:`~kafka_saga.bus.lost_places`)."""
-        places = await lost.check(consumer, idle)
-        for tp, (position, end) in places.items():
-            log.error("the partition's end fell below our position: the broker lost or "
-                      "truncated its log; reading it again from its start", reader=self.name,
-                      partition=f"{tp.topic}:{tp.partition}", position=position, end=end)
+        for tp in await lost.rewind(consumer, idle, log, reader=self.name):
             self.positions[tp] = 0
-        if places:
-            await consumer.seek_to_beginning(*places)
 
 
 async def read_topic(bus: Bus, topic: str, apply: Apply, timeout: float | None = None,

@@ -317,18 +317,11 @@ class _Runner(PartitionOwnership):
     async def _rewind_lost(self) -> None:
         """Read again from its start every partition whose place the broker forgot
         (:mod:`~kafka_saga.bus.lost_places`); its records come again, as after a crash."""
-        lost = await self.lost.check(self.consumer, self.consumer.assignment())
-        if not lost:
-            return
-        for tp, (position, end) in lost.items():
-            self.log.error("the partition's end fell below our position: the broker lost or "
-                           "truncated its log; reading it again from its start",
-                           partition=name(tp), position=position, end=end)
+        for tp in await self.lost.rewind(self.consumer, self.consumer.assignment(), self.log):
             self.handled.pop(tp, None)
             if tp in self.committed:  # the offsets to come are below the last commit
                 self.committed[tp] = 0
             self.bus.metrics.places_lost.labels(role=self.sub.role).inc()
-        await self.consumer.seek_to_beginning(*lost)
 
     async def _update_idle_lag(self) -> dict[str, int]:
         """Lag of every assigned partition whose end is known; returned for the watchdog."""

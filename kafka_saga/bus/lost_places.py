@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -44,6 +45,19 @@ class LostPlaces:
                 lost[tp] = (position, end)
                 del self.beyond_since[tp]
         return lost
+
+    async def rewind(self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition],
+                     log: Any, **fields: Any) -> list[TopicPartition]:
+        """:meth:`check`, then seek every lost partition to its start, with one error line
+        each; returns them (for the reader's own bookkeeping)."""
+        lost = await self.check(consumer, partitions)
+        for tp, (position, end) in lost.items():
+            log.error("the partition's end fell below our position: the broker lost or "
+                      "truncated its log; reading it again from its start",
+                      partition=f"{tp.topic}:{tp.partition}", position=position, end=end, **fields)
+        if lost:
+            await consumer.seek_to_beginning(*lost)
+        return list(lost)
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
