@@ -17,6 +17,7 @@ from .bus.client import BrokerUnavailable, Bus, retry_until
 from .bus.follow import read_topic
 from .bus.kafka_jars import LaunchError
 from .config import DEFAULT_BOOTSTRAP, ConfigError, Settings, parse_roles
+from .replay import PARALLEL_FROM
 
 # command-line flag (argparse dest) -> the setting it overrides; a flag left out keeps the
 # environment's value. `--port` is the query API's for `run` and the local broker's for `broker`.
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=300.0)
     replay.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes folding the partitions (default: one per core; one "
-                             "process below 200,000 events)")
+                             f"process below {PARALLEL_FROM:,} events)")
     replay.set_defaults(func=lambda a, s: asyncio.run(_replay(a, s)))
     return parser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -205,10 +206,7 @@ class Producer:
             if future is None or _failed(future) is not None:
                 await self.flush()
                 return
-        for record in records:  # acknowledged: produced (a later flush skips them)
-            if not record.counted:
-                record.counted = True
-                self.metrics.produced.labels(topic=record.topic).inc()
+        self._count_produced(records)  # acknowledged (a later flush skips them)
 
     async def send_to_dlq(self, record: Any, reason: str, error: str, role: str,
                           retry_count: int = 0) -> Outgoing:
@@ -293,6 +291,17 @@ class Producer:
         log.warning("delivery failed, retrying", tries=details["tries"],
                     wait_s=round(details["wait"], 3), error=repr(exc)[:200])
 
+    def _count_produced(self, records: Iterable[Outgoing]) -> None:
+        """Count acknowledged records in the produced metric, each once (whichever of
+        :meth:`delivered` and :meth:`flush` saw it acknowledged first)."""
+        by_topic: dict[str, int] = {}
+        for rec in records:
+            if not rec.counted:
+                rec.counted = True
+                by_topic[rec.topic] = by_topic.get(rec.topic, 0) + 1
+        for topic, count in by_topic.items():
+            self.metrics.produced.labels(topic=topic).inc(count)
+
     async def _deliver(self, batch: list[Outgoing]) -> None:
         for rec in batch:
             if rec.future is None or (rec.future.done() and _failed(rec.future)):
@@ -309,7 +318,7 @@ class Producer:
                         raise  # this delivery itself is cancelled, not just the record's future
                 except Exception:  # noqa: BLE001,S110 - every outcome is read below
                     pass
-        delivered: dict[str, int] = {}
+        acknowledged: list[Outgoing] = []
         failed: list[Outgoing] = []
         error: BaseException | None = None
         for rec in batch:
@@ -317,11 +326,9 @@ class Producer:
             if result is not None:
                 failed.append(rec)
                 error = result
-            elif not rec.counted:
-                rec.counted = True
-                delivered[rec.topic] = delivered.get(rec.topic, 0) + 1
-        for topic, count in delivered.items():
-            self.metrics.produced.labels(topic=topic).inc(count)
+            else:
+                acknowledged.append(rec)
+        self._count_produced(acknowledged)
         if error is not None:
             batch[:] = failed  # only these are re-sent on the next attempt
             raise error
