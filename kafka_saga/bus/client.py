@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.cluster import ClusterMetadata
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
@@ -25,6 +26,7 @@ from .topics import Topics, ensure_topics
 log = logs.get("bus")
 # COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: retriable answers
 _COORDINATOR_NOT_READY = (14, 15, 16)
+PROBE_TRIES = 3  # transaction probes without an answer before exactly-once is given up
 T = TypeVar("T")
 
 
@@ -167,7 +169,20 @@ class Bus:
 
     async def grants_transactions(self) -> tuple[bool, str]:
         """Begin and abort a transaction with a throw-away transactional id, as an exactly-once
-        checkpoint would: the answer decides, not the broker's name (10 s at most)."""
+        checkpoint would: the answer decides, not the broker's name. No answer (a cluster
+        node down holds that id's coordinator) is not a "no": the probe tries again with
+        another id, whose coordinator may be elsewhere, up to ``PROBE_TRIES`` times."""
+        why = ""
+        for attempt in range(1, PROBE_TRIES + 1):
+            granted, why = await self._probe_transaction()
+            if granted is not None:
+                return granted, why
+            log.warning("the transaction probe got no answer; trying another coordinator",
+                        attempt=attempt, error=why)
+        return False, f"no answer after {PROBE_TRIES} tries: {why}"
+
+    async def _probe_transaction(self) -> tuple[bool | None, str]:
+        """True/False for the broker's answer; None when it did not answer (10 s at most)."""
         probe = AIOKafkaProducer(**self.options(), enable_idempotence=True, acks="all",
                                  transactional_id=f"{self.topics.prefix}kafka-saga.probe."
                                                   f"{uuid.uuid4().hex[:12]}")
@@ -176,8 +191,11 @@ class Bus:
             await asyncio.wait_for(probe.begin_transaction(), 10)
             await asyncio.wait_for(probe.abort_transaction(), 10)
             return True, "a transaction was begun and aborted"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
-            return False, f"no transaction: {str(exc)[:120] or type(exc).__name__}"
+        except Exception as exc:  # noqa: BLE001 - an error answer means "not supported here"
+            why = f"no transaction: {str(exc)[:120] or type(exc).__name__}"
+            unanswered = isinstance(exc, (TimeoutError, KafkaConnectionError)) or getattr(
+                exc, "retriable", False)
+            return (None if unanswered else False), why
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(probe.stop(), 10)
