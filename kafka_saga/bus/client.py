@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -140,23 +141,37 @@ class Bus:
         client = AIOKafkaClient(**self.options(), request_timeout_ms=5000)
         try:
             await client.bootstrap()
-            node = client.get_random_node()
-            deadline = time.monotonic() + 15
-            while True:
-                response = await asyncio.wait_for(
-                    client.send(node, InitProducerIdRequest(transactional_id=None,
-                                                            transaction_timeout_ms=60000)), 5)
-                # a broker just started may still load its coordinator state: ask again
-                if response.error_code not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
-            if response.error_code == 0 and response.producer_id >= 0:
-                return True, f"producer id {response.producer_id} granted"
-            return False, f"InitProducerId answered error {response.error_code}"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
+            nodes = [broker.nodeId for broker in client.cluster.brokers()]
+            random.shuffle(nodes)
+            why = "no node known"
+            for node in nodes:  # a node down (a cluster's) is silence, not a "no": ask another
+                try:
+                    response = await self._ask_producer_id(client, node)
+                except Exception as exc:
+                    if not _unanswered(exc):
+                        raise
+                    why = f"InitProducerId failed: {str(exc)[:120] or type(exc).__name__}"
+                    continue
+                if response.error_code == 0 and response.producer_id >= 0:
+                    return True, f"producer id {response.producer_id} granted"
+                return False, f"InitProducerId answered error {response.error_code}"
+            return False, why
+        except Exception as exc:  # noqa: BLE001 - any other failure means "not supported here"
             return False, f"InitProducerId failed: {str(exc)[:120] or type(exc).__name__}"
         finally:
             await client.close()
+
+    @staticmethod
+    async def _ask_producer_id(client: AIOKafkaClient, node: int) -> Any:
+        deadline = time.monotonic() + 15
+        while True:
+            response = await asyncio.wait_for(
+                client.send(node, InitProducerIdRequest(transactional_id=None,
+                                                        transaction_timeout_ms=60000)), 5)
+            # a broker just started may still load its coordinator state: ask again
+            if response.error_code not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                return response
+            await asyncio.sleep(0.5)
 
     async def _choose_producer_mode(self) -> None:
         if self._idempotent is not None:
@@ -193,9 +208,7 @@ class Bus:
             return True, "a transaction was begun and aborted"
         except Exception as exc:  # noqa: BLE001 - an error answer means "not supported here"
             why = f"no transaction: {str(exc)[:120] or type(exc).__name__}"
-            unanswered = isinstance(exc, (TimeoutError, KafkaConnectionError)) or getattr(
-                exc, "retriable", False)
-            return (None if unanswered else False), why
+            return (None if _unanswered(exc) else False), why
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(probe.stop(), 10)
@@ -385,3 +398,8 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     if not parts:
         raise TopicNotFound(f"topic {topic} does not exist")
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether a failed request got no answer (a node down, a timeout): not a "no"."""
+    return isinstance(exc, (TimeoutError, KafkaConnectionError)) or bool(getattr(exc, "retriable", False))
