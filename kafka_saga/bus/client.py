@@ -371,6 +371,9 @@ class Bus:
         ListOffsets(latest) is a lower bound only (some Kafka-protocol brokers report the
         last batch's base offset), so each partition is also fetched once from that offset:
         the high watermark of a fetch response is the true end. On Apache Kafka both agree.
+        Our readers read committed records only, so the end is the fetch's last stable offset:
+        an open transaction (say, of a producer killed mid-transaction) holds records beyond
+        it that no reader can see until that transaction ends, up to its timeout.
         """
         consumer = await self.started_consumer(fetch_max_wait_ms=50,
                                                max_partition_fetch_bytes=64 * 1024)
@@ -385,7 +388,7 @@ class Bus:
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(f"no fetch answer for {topic} within 15s")
                 await consumer.getmany(timeout_ms=100)
-            return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
+            return {tp: max(listed[tp], _visible_end(consumer, tp)) for tp in tps}
         finally:
             await consumer.stop()
 
@@ -398,6 +401,12 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     if not parts:
         raise TopicNotFound(f"topic {topic} does not exist")
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+def _visible_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    """The end a read-committed reader reaches: the last stable offset, else the high watermark."""
+    stable = consumer.last_stable_offset(tp)
+    return stable if stable is not None and stable >= 0 else consumer.highwater(tp) or 0
 
 
 def _unanswered(exc: BaseException) -> bool:

@@ -20,9 +20,10 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from kafka_saga.bus.client import Bus
+from kafka_saga.bus.follow import read_topic
 from kafka_saga.config import ConfigError
 from kafka_saga.core.contracts import Event
 
@@ -154,3 +155,35 @@ async def test_three_sigkills_write_every_transition_once_under_read_committed(s
     assert eos_committed["transitions written twice"] == 0
     assert eos_committed["sagas ended twice"] == 0
     assert alo_committed["sagas ended"] == 600 and alo_committed["sagas ended twice"] == 0
+
+
+@kafka_only
+async def test_a_bounded_read_ends_at_the_last_stable_offset_not_behind_an_open_transaction(bus):
+    """A producer killed mid-transaction leaves it open until its timeout (a minute): a reader
+    reading "to the end as of now" must end at what it can see, not wait for that timeout."""
+    topic = bus.topics.events
+    plain = AIOKafkaProducer(bootstrap_servers=bus.settings.bootstrap_servers)
+    stuck = AIOKafkaProducer(bootstrap_servers=bus.settings.bootstrap_servers,
+                             transactional_id=f"{topic}.stuck", transaction_timeout_ms=60_000)
+    await plain.start()
+    await stuck.start()
+    try:
+        for i in range(5):
+            await plain.send_and_wait(topic, f"before {i}".encode(), partition=0)
+        await stuck.begin_transaction()
+        await stuck.send_and_wait(topic, b"uncommitted", partition=0)  # the transaction stays open
+        await plain.send_and_wait(topic, b"after", partition=0)  # beyond the last stable offset
+        ends = await bus.end_offsets(topic)
+        assert ends[TopicPartition(topic, 0)] == 5
+        seen: list[bytes] = []
+        started = asyncio.get_running_loop().time()
+        await read_topic(bus, topic, lambda record: seen.append(record.value), timeout=20)
+        assert seen == [f"before {i}".encode() for i in range(5)]
+        assert asyncio.get_running_loop().time() - started < 15
+        await stuck.abort_transaction()
+        seen.clear()
+        await read_topic(bus, topic, lambda record: seen.append(record.value), timeout=20)
+        assert seen == [*(f"before {i}".encode() for i in range(5)), b"after"]
+    finally:
+        await stuck.stop()
+        await plain.stop()
