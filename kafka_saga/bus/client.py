@@ -388,7 +388,7 @@ class Bus:
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(f"no fetch answer for {topic} within 15s")
                 await consumer.getmany(timeout_ms=100)
-            return {tp: max(listed[tp], _visible_end(consumer, tp)) for tp in tps}
+            return {tp: max(listed[tp], visible_end(consumer, tp) or 0) for tp in tps}
         finally:
             await consumer.stop()
 
@@ -403,10 +403,12 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
-def _visible_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
-    """The end a read-committed reader reaches: the last stable offset, else the high watermark."""
+def visible_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The end of ``tp`` a read-committed reader can reach, as its last fetch said: the last
+    stable offset (records beyond it wait on an open transaction), else the high watermark;
+    None before any fetch answered."""
     stable = consumer.last_stable_offset(tp)
-    return stable if stable is not None and stable >= 0 else consumer.highwater(tp) or 0
+    return stable if stable is not None and stable >= 0 else consumer.highwater(tp)
 
 
 def _unanswered(exc: BaseException) -> bool:

@@ -38,7 +38,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from .. import logs
 from ..observation.progress import Progress
-from .client import Bus, retry_until
+from .client import Bus, retry_until, visible_end
 from .handling import (
     Emits,
     Outcome,
@@ -169,7 +169,7 @@ class _Runner(PartitionOwnership):
 
     def _waiting_from(self, tp: TopicPartition, offset: int, records: list[Any]) -> int:
         """Records from ``offset`` to the end of the partition as last seen by the fetcher."""
-        end = max(self.consumer.highwater(tp) or 0, records[-1].offset + 1)
+        end = max(visible_end(self.consumer, tp) or 0, records[-1].offset + 1)
         return max(0, end - offset)
 
     async def _handle_records(self, tp: TopicPartition, records: list[Any]) -> None:
@@ -190,7 +190,7 @@ class _Runner(PartitionOwnership):
             return
         self.handled[tp] = max(self.handled.get(tp, 0), records[handled - 1].offset + 1)
         self.consumed[tp.topic].inc(handled)
-        high = self.consumer.highwater(tp)
+        high = visible_end(self.consumer, tp)
         lag = max(0, (high or 0) - self.handled[tp])
         progress.settle(name(tp), lag)
         if high is not None:
@@ -327,7 +327,7 @@ class _Runner(PartitionOwnership):
         """Lag of every assigned partition whose end is known; returned for the watchdog."""
         lags = {}
         for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
+            high = visible_end(self.consumer, tp)
             if high is None:
                 continue
             position = await self.consumer.position(tp)
