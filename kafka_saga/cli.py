@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
     except ConfigError as exc:
         print(f"kafka-saga: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "dlq" and args.action == "replay" and not (args.offset or args.all):
         print("kafka-saga dlq replay: give --offset P:O or --all", file=sys.stderr)
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(runner(args, settings) or 0)  # type: ignore[arg-type]
     except ConfigError as exc:
         print(f"kafka-saga: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except LaunchError as exc:
         print(f"kafka-saga: {exc}", file=sys.stderr)
         return 1

@@ -19,8 +19,9 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from .. import logs
-from ..config import SASL_MECHANISMS, ConfigError, Settings
+from ..config import SASL_MECHANISMS, BadBootstrap, ConfigError, PartitionsDisagree, Settings
 from ..observation.metrics import Metrics
+from .ports import unknown_hosts
 from .producer import Producer
 from .topics import Topics, ensure_topics
 
@@ -52,6 +53,10 @@ async def retry_until(what: str, bootstrap: str, op: Callable[[], Awaitable[T]],
         except (TopicNotFound, ConfigError):
             raise  # the broker answered, or the settings are wrong: retrying will not help
         except Exception as exc:  # noqa: BLE001 - the broker may fail in many ways at start-up
+            unknown = await unknown_hosts(bootstrap)
+            if unknown and len(unknown) == len(bootstrap.split(",")):
+                raise BadBootstrap(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap!r}: no such host "
+                                   f"{', '.join(unknown)}") from None
             if time.monotonic() + delay > deadline:
                 raise BrokerUnavailable(f"{what}: broker {bootstrap} unreachable after "
                                         f"{attempt} tries: {exc}") from exc
@@ -358,12 +363,15 @@ class Bus:
             await consumer.stop()
 
     async def require_copartitioned(self, topics: tuple[str, ...], why: str) -> None:
-        """Raise :class:`ConfigError` (no restart can fix it) unless ``topics`` all have the
+        """Raise :class:`PartitionsDisagree` (no restart can fix it) unless ``topics`` all have the
         same partition count; ``why`` says what needs it."""
         counts = {t: len(await self.partitions(t)) for t in topics}
         if len(set(counts.values())) > 1:
-            raise ConfigError(", ".join(f"{t} has {n} partitions" for t, n in counts.items())
-                              + f": {why}")
+            most = max(counts.values())
+            raise PartitionsDisagree(
+                ", ".join(f"{t} has {n} partitions" for t, n in counts.items()) + f": {why}; "
+                f"add partitions to reach {most} on each (kafka-topics.sh --alter --partitions "
+                f"{most}) or recreate the topics with one KAFKA_SAGA_PARTITIONS")
 
     async def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
         """The exact end of every partition of ``topic``, as it is now.

@@ -1,7 +1,9 @@
-"""Free local ports for the brokers this package starts (the embedded one, Kafka nodes)."""
+"""Addresses: free local ports for the brokers this package starts (the embedded one, Kafka
+nodes), and bootstrap hosts that do not exist."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from pathlib import Path
@@ -61,3 +63,19 @@ def free_port_block(size: int, attempts: int = 500) -> int:
 def free_port_pair() -> int:
     """A client port whose next port (the controller's) is free too: one local node."""
     return free_port_block(2)
+
+
+async def unknown_hosts(bootstrap: str) -> list[str]:
+    """The hosts of a ``host:port`` list that name no address at all (not a passing DNS failure)."""
+    loop = asyncio.get_running_loop()
+    unknown = []
+    for entry in bootstrap.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        try:
+            await loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            if exc.errno == socket.EAI_NONAME:
+                unknown.append(host)
+        except (OSError, UnicodeError):
+            unknown.append(host)
+    return unknown

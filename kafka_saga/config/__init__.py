@@ -17,10 +17,15 @@ from typing import Any
 import yaml
 
 from ..core import topology
-from .declare import ConfigError as ConfigError  # re-exported: the settings' error
+from .declare import BadBootstrap as BadBootstrap  # re-exported: the kinds of settings' error
+from .declare import ConfigError as ConfigError
+from .declare import PartitionsDisagree as PartitionsDisagree
+from .declare import PortTaken as PortTaken
+from .declare import UnreadableRoleList as UnreadableRoleList
 from .declare import (
     at_least,
     between,
+    bootstrap_addresses,
     check_declared,
     flag,
     integer,
@@ -37,6 +42,7 @@ from .declare import non_negative_int as non_negative_int  # re-exported for the
 
 ROLE_ORDER = topology.ROLE_NAMES  # start order, declared once in the topology
 METRICS_PORT_VARS = {r.name: r.metrics_port_var for r in topology.ROLES if r.metrics_port_var}
+QUERY_PORT_SETTING = "QUERY_API_PORT"  # (or --port, or the role list's query.port)
 # The broker a client dials when KAFKA_BOOTSTRAP_SERVERS is unset (`run` starts its own).
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -51,6 +57,12 @@ class RoleOptions:
     workers: int = 1
     metrics_port: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def metrics_port_setting(role: str) -> str:
+    """What sets ``role``'s metrics port, as an error message names it."""
+    listed = f"{role}.metrics_port in the role list"
+    return f"{METRICS_PORT_VARS[role]} or {listed}" if role in METRICS_PORT_VARS else listed
 
 
 def role_variables() -> Iterator[tuple[str, Any, str]]:
@@ -114,7 +126,8 @@ class Settings:
 
     bootstrap_servers: str | None = setting(
         None, "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers. Unset: `run` starts a local "
-        f"broker (`KAFKA_SAGA_ENGINE`); the other commands dial `{DEFAULT_BOOTSTRAP}`.")
+        f"broker (`KAFKA_SAGA_ENGINE`); the other commands dial `{DEFAULT_BOOTSTRAP}`.",
+        check=bootstrap_addresses, error=BadBootstrap)
     engine: str = setting(
         "tansu", "KAFKA_SAGA_ENGINE",
         "The local broker `run` (and `broker`) starts: `tansu` (embedded, memory-only) or "
@@ -180,7 +193,7 @@ class Settings:
         "consumer then commits at once). 0: after every batch.", integer)
     query_host: str = setting("127.0.0.1", "QUERY_API_HOST",
                               "Bind address of the query API and the metrics servers.")
-    query_port: int = setting(8080, "QUERY_API_PORT", "Query API port (0: any free port).",
+    query_port: int = setting(8080, QUERY_PORT_SETTING, "Query API port (0: any free port).",
                               integer)
     breaker_fail_max: int = setting(
         5, "KAFKA_SAGA_BREAKER_FAIL_MAX",
@@ -331,25 +344,30 @@ class Settings:
         """
         try:
             doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read role list {path}: {exc}") from None
+        except OSError as exc:
+            raise UnreadableRoleList(f"cannot read role list {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:  # on one line: where, and what is wrong there
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UnreadableRoleList(f"cannot read role list {path}: not YAML{where}: "
+                                     f"{getattr(exc, 'problem', None) or exc}") from None
         entries = doc.get("roles") if isinstance(doc, dict) else None
         if isinstance(entries, list):
             if not all(isinstance(name, str) for name in entries):
-                raise ConfigError(f"{path}: the list form takes role names only; "
+                raise UnreadableRoleList(f"{path}: the list form takes role names only; "
                                   "use the mapping form for options")
             entries = {name: {} for name in entries}
         if not isinstance(entries, dict) or not entries:
-            raise ConfigError(f"{path}: expected a non-empty 'roles' mapping or list")
+            raise UnreadableRoleList(f"{path}: expected a non-empty 'roles' mapping or list")
         roles = dict(self.roles)
         names: list[str] = []
         updates: dict[str, Any] = {}
         for name, options in entries.items():
             options = options or {}
             if name not in ROLE_ORDER:
-                raise ConfigError(f"{path}: unknown role {name!r}; known: {', '.join(ROLE_ORDER)}")
+                raise UnreadableRoleList(f"{path}: unknown role {name!r}; known: {', '.join(ROLE_ORDER)}")
             if not isinstance(options, dict):
-                raise ConfigError(f"{path}: options of role {name!r} must be a mapping")
+                raise UnreadableRoleList(f"{path}: options of role {name!r} must be a mapping")
             base = roles.get(name, RoleOptions())
             extra = {k: v for k, v in options.items() if k not in ("workers", "metrics_port", "port")}
             roles[name] = RoleOptions(
@@ -365,7 +383,10 @@ class Settings:
 
 
 def _option_int(path: str | Path, role: str, key: str, value: Any) -> Any:
-    return None if value is None else non_negative_int(f"{path}: {role}.{key}", value)
+    try:
+        return None if value is None else non_negative_int(f"{path}: {role}.{key}", value)
+    except ConfigError as exc:
+        raise UnreadableRoleList(str(exc)) from None
 
 
 def parse_roles(spec: str) -> list[str]:

@@ -11,7 +11,45 @@ from ..core.fields import non_negative
 
 
 class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it."""
+    """A setting that cannot be used; the message names it. ``exit_code`` is the process's
+    exit code for it, one per kind an operator's tooling may tell apart (docs/cli.md)."""
+
+    exit_code = 2
+
+
+class PortTaken(ConfigError):
+    """A port the process must listen on is taken (or its host is not this machine's)."""
+
+    exit_code = 5
+
+
+class BadBootstrap(ConfigError):
+    """A bootstrap address that is not ``host:port`` or whose host does not exist."""
+
+    exit_code = 6
+
+
+class UnreadableRoleList(ConfigError):
+    """A role list file that cannot be read or does not say which roles to run."""
+
+    exit_code = 7
+
+
+class PartitionsDisagree(ConfigError):
+    """Topics that must have the same partition count do not."""
+
+    exit_code = 8
+
+
+def bootstrap_addresses(value: str) -> str | None:
+    """What is wrong with a ``host:port[,host:port]`` list, if anything."""
+    for entry in value.split(","):
+        host, colon, port = entry.strip().rpartition(":")
+        if not colon or not host.strip("[]"):
+            return f"{entry.strip()!r} is not host:port"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"{port!r} in {entry.strip()!r} is not a port (1-65535)"
+    return None
 
 
 # --- parsers (raw text -> value; a ValueError says what is wrong) and checks -------------
@@ -76,13 +114,13 @@ def non_negative_int(origin: str, value: Any) -> int:
 
 def setting(default: Any, env: str, meaning: str, parse: Callable[[str], Any] = text,
             check: Check | None = None, *, zero_is_default: bool = False,
-            secret: bool = False) -> Any:
+            secret: bool = False, error: type[ConfigError] = ConfigError) -> Any:
     """A field read from ``env``: blank or unset means ``default`` (so does 0 when
-    ``zero_is_default``); ``parse`` turns the text into the value, ``check`` vets the value;
-    a ``secret`` stays out of ``repr`` (and so out of the logs)."""
+    ``zero_is_default``); ``parse`` turns the text into the value, ``check`` vets the value
+    (a problem raises ``error``); a ``secret`` stays out of ``repr`` (and so out of the logs)."""
     return field(default=default, repr=not secret, metadata={
         "env": env, "meaning": meaning, "parse": parse, "check": check,
-        "zero_is_default": zero_is_default})
+        "zero_is_default": zero_is_default, "error": error})
 
 
 def declared(cls: type) -> Iterator[tuple[Field[Any], dict[str, Any]]]:
@@ -101,7 +139,7 @@ def read_declared(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
         try:
             value = spec["parse"](raw)
         except ValueError as exc:
-            raise ConfigError(f"{spec['env']}={raw!r} {exc}") from None
+            raise spec["error"](f"{spec['env']}={raw!r} {exc}") from None
         if spec["zero_is_default"] and value == 0:
             continue
         values[f.name] = value
@@ -113,4 +151,4 @@ def check_declared(obj: object) -> None:
         value = getattr(obj, f.name)
         problem = spec["check"](value) if spec["check"] and value is not None else None
         if problem:
-            raise ConfigError(f"{spec['env']}={value!r}: {problem}")
+            raise spec["error"](f"{spec['env']}={value!r}: {problem}")

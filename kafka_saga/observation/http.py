@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -19,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .. import logs
+from ..config import PortTaken
 from .health import health_answer
 from .metrics import Metrics
 
@@ -179,11 +182,41 @@ class _JsonErrorServer(web.Server):
         return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
 
 
+def bind_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now (as aiohttp binds), if it could not."""
+    if not port:
+        return None  # any free port
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"no such host ({exc.strerror})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return _bind_failure(exc)
+    return None
+
+
+def _bind_failure(exc: OSError) -> str:
+    return "taken by another process" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+
+
+def listen_error(setting: str, host: str, port: int, problem: str) -> str:
+    """The one line that says which listening address failed, and what to change."""
+    return (f"cannot listen on {host}:{port} ({setting}): {problem}; change it to a free "
+            "port (0: any free port)")
+
+
 class HttpServer:
     """A small aiohttp server started and stopped by a role."""
 
-    def __init__(self, app: web.Application, host: str, port: int, name: str) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, name: str,
+                 setting: str = "the port") -> None:
         self.app, self.host, self.port, self.name = app, host, port, name
+        self.setting = setting  # what an operator changes when the port is taken
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -194,7 +227,12 @@ class HttpServer:
         if type(server) is web.Server:  # JSON for the errors aiohttp answers by itself
             server.__class__ = _JsonErrorServer
         site = web.TCPSite(self.runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # taken since the start-up check: no restart can fix it
+            await self.stop()
+            raise PortTaken(listen_error(self.setting, self.host, self.port,
+                                         _bind_failure(exc))) from None
         sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 - actual bound port
         if sockets:
             self.port = sockets[0].getsockname()[1]

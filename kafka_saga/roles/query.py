@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import logs
 from ..api.app import create_app
+from ..config import QUERY_PORT_SETTING
 from ..core.catalog import Catalog
 from ..observation.http import HttpServer
 from ..query.readmodel import ReadModel
@@ -40,7 +41,8 @@ class QueryRole(Role):
         health = self.ctx.shared.get("health", lambda: {})
         app = create_app(self.model, self.ctx.metrics, health, bus=self.ctx.bus,
                          settings=self.ctx.settings)
-        self.server = HttpServer(app, self.ctx.settings.query_host, self.ctx.settings.query_port, "query")
+        self.server = HttpServer(app, self.ctx.settings.query_host, self.ctx.settings.query_port, "query",
+                                 QUERY_PORT_SETTING)
         await self.server.start()
         admin = "enabled" if self.ctx.settings.admin_token else "disabled (no KAFKA_SAGA_ADMIN_TOKEN)"
         if _is_loopback(self.server.host):

@@ -13,7 +13,8 @@ from ..bus.client import Bus
 from ..bus.embedded import EmbeddedBroker
 from ..bus.kafka_engine import KafkaCluster
 from ..bus.ports import free_port, free_port_pair, port_is_free
-from ..config import Settings
+from ..config import QUERY_PORT_SETTING, PortTaken, Settings, metrics_port_setting
+from ..observation.http import bind_problem, listen_error
 from ..roles.base import RoleContext
 from .broker_watch import BrokerWatch
 from .supervisor import Supervisor
@@ -79,6 +80,9 @@ class Platform:
             self.supervisor.request_stop()
 
     async def run(self, on_ready: Callable[[Platform], None] | None = None) -> int:
+        """Run until stopped; return the exit code. A setting no restart can fix raises its
+        :class:`~kafka_saga.config.ConfigError` (before anything starts, when it can be seen)."""
+        check_listening(self.settings, self.role_names)
         async with broker_for(self.settings) as (bootstrap, embedded):
             self.settings = replace(self.settings, bootstrap_servers=bootstrap)  # settled here, once
             bus = self.bus = Bus(self.settings)
@@ -109,7 +113,26 @@ class Platform:
             finally:
                 await bus.stop()  # flush the shared producer last
             log.info("runtime stopped", exit_code=code)
+            if self.supervisor.config_error is not None:
+                raise self.supervisor.config_error
             return code
+
+
+def check_listening(settings: Settings, names: list[str]) -> None:
+    """Raise :class:`PortTaken` unless every port the roles ``names`` will listen on is free."""
+    wanted: list[tuple[str, int | None]] = [(QUERY_PORT_SETTING, settings.query_port)] if "query" in names else []
+    wanted += [(metrics_port_setting(name), settings.role(name).metrics_port) for name in names]
+    claimed: dict[int, str] = {}
+    for setting, port in wanted:
+        if not port:
+            continue
+        if port in claimed:
+            raise PortTaken(listen_error(setting, settings.query_host, port,
+                                         f"{claimed[port]} names it too"))
+        problem = bind_problem(settings.query_host, port)
+        if problem:
+            raise PortTaken(listen_error(setting, settings.query_host, port, problem))
+        claimed[port] = setting
 
 
 async def run_with_signals(settings: Settings, role_names: list[str]) -> int:

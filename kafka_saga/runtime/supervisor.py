@@ -4,8 +4,8 @@ A crashing role is logged and restarted with exponential backoff; a role that cr
 ``restart_max`` times within ``restart_window_s`` stops the whole process with a non-zero
 exit code (a crash loop is not something to hide). A role that raises
 :class:`~kafka_saga.config.ConfigError` (a misconfiguration no restart can fix, e.g. topics
-with unequal partition counts) stops the process at once, with exit code 2 and one critical
-log line saying why. ``request_stop`` (SIGINT/SIGTERM) stops
+with unequal partition counts, a port taken since the start-up check) stops the process at
+once, with that error's exit code and one critical log line saying why. ``request_stop`` (SIGINT/SIGTERM) stops
 every role in reverse start order; each commits its offsets and the shared producer is
 flushed by the runtime afterwards.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import logs
 from ..bus.loop import wait_unless_stopped
-from ..config import ROLE_ORDER, ConfigError
+from ..config import ROLE_ORDER, ConfigError, metrics_port_setting
 from ..observation.http import HttpServer, metrics_app
 from ..observation.progress import OWNER
 from ..roles import ROLES
@@ -35,7 +35,6 @@ from .watchdog import Stall, Watchdog
 
 log = logs.get("supervisor")
 CRASH_LOOP_EXIT = 3
-CONFIG_EXIT = 2  # as the command line's configuration errors
 
 
 class RoleStalled(Exception):
@@ -66,6 +65,7 @@ class Supervisor:
         self.restarts: dict[str, int] = dict.fromkeys(self.names, 0)
         self.stopping = asyncio.Event()
         self.exit_code = 0
+        self.config_error: ConfigError | None = None  # what stopped the process, if a setting
         self._servers: list[HttpServer] = []
         # None: from the roles' settings (KAFKA_SAGA_STALL_THRESHOLD_S, ..._WATCHDOG_INTERVAL_S)
         self._watchdog_times = (stall_threshold_s, watchdog_interval_s)
@@ -171,7 +171,8 @@ class Supervisor:
             except ConfigError as exc:  # restarting cannot fix it: say why, once, and stop
                 metrics.role_state[name] = "crashed"
                 log.critical("role misconfigured: stopping the process", role=name, error=str(exc))
-                self.exit_code = CONFIG_EXIT
+                self.exit_code = exc.exit_code
+                self.config_error = exc
                 self.request_stop()
                 break
             except Exception as exc:  # noqa: BLE001 - any crash (or stall) is restarted
@@ -208,7 +209,8 @@ class Supervisor:
             port = ctx.options.metrics_port
             if port:
                 app = metrics_app(ctx.bus.metrics, functools.partial(self._role_health, name))
-                server = HttpServer(app, ctx.settings.query_host, int(port), f"{name} metrics")
+                server = HttpServer(app, ctx.settings.query_host, int(port), f"{name} metrics",
+                                    metrics_port_setting(name))
                 await server.start()
                 self._servers.append(server)
 

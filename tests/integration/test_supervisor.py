@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import replace
 
 from kafka_saga.bus.client import Bus
-from kafka_saga.config import ConfigError, RoleOptions, Settings
+from kafka_saga.config import PartitionsDisagree, RoleOptions, Settings
 from kafka_saga.roles.base import Role, RoleContext
-from kafka_saga.runtime.supervisor import CONFIG_EXIT, CRASH_LOOP_EXIT, Supervisor
+from kafka_saga.runtime.supervisor import CRASH_LOOP_EXIT, Supervisor
 
 EVENTS: list[str] = []
 
@@ -87,14 +87,15 @@ class Misconfigured(Role):
 
     async def run(self, stop: asyncio.Event) -> None:
         type(self).attempts += 1
-        raise ConfigError("orders.events has 4 partitions, orders.commands has 3")
+        raise PartitionsDisagree("orders.replies has 4 partitions, orders.commands has 3")
 
 
-async def test_a_misconfigured_role_stops_the_process_at_once_with_exit_code_2():
+async def test_a_misconfigured_role_stops_the_process_at_once_with_its_kinds_exit_code():
     Misconfigured.attempts = 0
     settings = Settings.from_env({})
     supervisor = Supervisor(_contexts(settings), ["orchestrator", "query"], first_backoff_s=0.01,
                             roles={"orchestrator": Misconfigured, "query": Steady})
     code = await asyncio.wait_for(supervisor.run(), 10)
-    assert code == CONFIG_EXIT == 2
+    assert code == PartitionsDisagree.exit_code == 8
+    assert str(supervisor.config_error) == "orders.replies has 4 partitions, orders.commands has 3"
     assert Misconfigured.attempts == 1 and supervisor.restarts["orchestrator"] == 0
