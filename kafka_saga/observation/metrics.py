@@ -33,6 +33,36 @@ class LatencyWindow:
         return {"count": self.count, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
 
 
+class RecentLatencies:
+    """The latencies of the last ``window_s`` seconds (at most ``size`` of them), for the
+    dashboard's p50/p95/p99 "now"; Prometheus keeps the full histograms."""
+
+    def __init__(self, window_s: float = 60.0, size: int = 4096) -> None:
+        self.window_s = window_s
+        self._values: deque[tuple[float, float]] = deque(maxlen=size)  # (when, seconds)
+
+    def observe(self, seconds: float, now: float | None = None) -> None:
+        self._values.append((time.monotonic() if now is None else now, seconds))
+
+    def summary(self, now: float | None = None) -> dict[str, float | int]:
+        since = (time.monotonic() if now is None else now) - self.window_s
+        while self._values and self._values[0][0] < since:
+            self._values.popleft()
+        values = sorted(seconds for _, seconds in self._values)
+        if not values:
+            return {"count": 0, "p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0}
+
+        def pct(p: float) -> float:
+            return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 3)
+
+        return {"count": len(values), "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
+# Saga step and end-to-end latency buckets: a step is milliseconds, a retried payment or an
+# inventory timeout is seconds.
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
 class Metrics:
     """Counters shared by every role of one process."""
 
@@ -98,6 +128,17 @@ class Metrics:
         self.transactions = Counter("kafka_saga_transactions", "Checkpoint transactions by "
                                     "outcome (committed, aborted, fenced)", ["role", "outcome"],
                                     registry=r)
+        self.sagas = Counter("kafka_saga_sagas", "Sagas by outcome: started (OrderCreate read), "
+                             "approved, rejected, failed", ["outcome"], registry=r)
+        self.step_seconds = Histogram(
+            "kafka_saga_step_seconds", "Time a saga spent in a step: from the transition before "
+            "it to its event (outcome: approved, rejected, failed, compensated)",
+            ["step", "outcome"], registry=r, buckets=STEP_BUCKETS)
+        self.saga_seconds = Histogram(
+            "kafka_saga_saga_seconds", "Submission (the OrderCreate record's timestamp) to the "
+            "saga's terminal event", ["outcome"], registry=r, buckets=STEP_BUCKETS)
+        self.recent_steps: dict[str, RecentLatencies] = {}  # step -> the last minute, any outcome
+        self.recent_sagas = RecentLatencies()
         self.processing = ""
         self.latency = LatencyWindow()
         self.role_state: dict[str, str] = {}
@@ -195,5 +236,8 @@ class Metrics:
             "roles": dict(self.role_state),
             "processing": self.processing,
             "transactions": self._total(self.transactions, "outcome")[1],
+            "sagas": self._total(self.sagas, "outcome")[1],
+            "steps": {step: window.summary() for step, window in self.recent_steps.items()},
+            "saga_latency": self.recent_sagas.summary(),
             "uptime_s": round(time.time() - self.started, 3),
         }

@@ -55,6 +55,7 @@ from ..core.sagabook import SagaBook
 from .answers import Answers
 from .base import Role
 from .saga_books import SagaBooks, partition_of
+from .saga_clock import SagaClock
 
 log = logs.get("orchestrator")
 ANSWERS = (CommandType.INVENTORY_RESERVED, CommandType.INVENTORY_REFUSED)  # the participant's
@@ -76,6 +77,7 @@ class OrchestratorRole(Role):
         self.answers = Answers(self.bus)  # participant answers awaited by running sagas
         self.limit = InFlight(settings.max_in_flight, topics=(self.bus.topics.commands,))
         self.fence = Fence(settings.session_timeout_ms / 3000)
+        self.clock = SagaClock(self.bus.metrics)  # per-step latency
 
     # --- commands ----------------------------------------------------------------------
     async def on_command(self, command: Command, record: Any, book: SagaBook) -> None:
@@ -105,6 +107,7 @@ class OrchestratorRole(Role):
             return
         saga = Saga(command.saga_id, command.snapshot, command.command_id,
                     origin=(record.partition, record.offset))
+        self.clock.started(saga.saga_id, record.partition, record.timestamp)
         await self.emit(saga, saga.event(EventType.ORDER_CREATED, Step.VALIDATION, metadata={
             "command_partition": str(record.partition), "command_offset": str(record.offset)}),
             flush=False)
@@ -147,6 +150,7 @@ class OrchestratorRole(Role):
         if saga.saga_id not in self.runners and not saga.terminal and partition_of(saga) in self.books.owned:
             runner = asyncio.create_task(self.drive(saga), name=f"saga:{saga.saga_id}")
             self.runners[saga.saga_id] = runner
+            self.clock.resumed(saga.saga_id, partition_of(saga))
             partition = TopicPartition(self.bus.topics.commands, partition_of(saga))
             self.limit.begin(partition)
             runner.add_done_callback(lambda _task: self.limit.end(partition))
@@ -292,6 +296,7 @@ class OrchestratorRole(Role):
                 await self.bus.producer.delivered(*after)
             return
         record = await self.books.publish(saga, event, partition_of(saga))
+        self.clock.transition(event, partition_of(saga))
         if flush:  # the saga's own records only (its events: one partition, in order)
             await self.bus.producer.delivered(*after, record)
         elif saga.saga_id in self.runners:
@@ -333,6 +338,7 @@ class OrchestratorRole(Role):
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         lost = self.books.revoked(partitions)
+        self.clock.forget(lost)
         for tp in partitions:
             if tp.topic == self.bus.topics.replies:
                 self.answers.revoked(tp.partition)

@@ -64,7 +64,7 @@ APPROVED_TRAIL = ["OrderCreated:Validation", "OrderApproved:Validation", "OrderA
 
 
 async def test_one_order_per_outcome(platform, bus):
-    await platform.start("orchestrator", "inventory", "aggregator")
+    runtime = await platform.start("orchestrator", "inventory", "aggregator")
     approved = order()
     zero = order(quantity=0)
     unknown = order(item="unicorn")
@@ -105,6 +105,22 @@ async def test_one_order_per_outcome(platform, bus):
     assert exhausted[0]["origin-topic"] == bus.topics.commands
     assert exhausted[0]["retry-count"] == "3"
     assert Command.decode(next(r.value for r in letters if r.key == broken.key)).saga_id == broken.saga_id
+    # each step's time and each saga's outcome, as Prometheus and the dashboard see them
+    metrics = runtime.bus.metrics
+    snapshot = metrics.snapshot()
+    assert snapshot["sagas"] == {"started": 7, "approved": 2, "rejected": 4, "failed": 1}
+    assert snapshot["saga_latency"]["count"] == 7
+    steps = {s.labels["step"] + ":" + s.labels["outcome"]: s.value for m in metrics.step_seconds.collect()
+             for s in m.samples if s.name.endswith("_count")}
+    assert steps == {"Validation:approved": 5, "Validation:rejected": 2, "Payment:approved": 3,
+                     "Payment:rejected": 1, "Payment:failed": 1, "Payment:compensated": 1,
+                     "Inventory:approved": 2, "Inventory:rejected": 1, "Finalize:approved": 2}
+    assert snapshot["steps"]["Payment"]["count"] == 6
+    # the flaky payment's two retries and their backoff are in its step's time
+    assert snapshot["steps"]["Payment"]["p99_ms"] >= snapshot["steps"]["Validation"]["p99_ms"]
+    text = metrics.prometheus().decode()
+    assert 'kafka_saga_sagas_total{outcome="approved"} 2.0' in text
+    assert 'kafka_saga_step_seconds_bucket{le="+Inf",outcome="approved",step="Payment"} 3.0' in text
 
 
 async def test_same_command_twice_starts_one_saga(platform, bus):
