@@ -17,8 +17,8 @@
 #   KAFKA_BOOTSTRAP_SERVERS    external Kafka; unset: start the embedded broker
 #   KAFKA_SAGA_EMBEDDED_PORT   port of the embedded broker (default 9092)
 #   KAFKA_SAGA_RUN_DIR         where logs/ and pids/ go (default: the repository root)
-#   AGGREGATOR_METRICS_PORT, TRACKER_METRICS_PORT, DLQ_METRICS_PORT
-#                              metrics servers (defaults 9101, 9102, 9103)
+#   AGGREGATOR_METRICS_PORT, TRACKER_METRICS_PORT, DLQ_METRICS_PORT, ORCHESTRATOR_METRICS_PORT,
+#   INVENTORY_METRICS_PORT     metrics servers (defaults 9101 to 9105, as deploy/prometheus scrapes)
 #   QUERY_API_PORT             query API (default 8080)
 #   START_NO_DEMO=1            start everything but the demo, then return
 #   START_WAIT_TRIES           readiness polls of the broker and the roles, 0.5 s apart (default 60)
@@ -44,6 +44,8 @@ TRIES="${START_WAIT_TRIES:-60}"
 export AGGREGATOR_METRICS_PORT="${AGGREGATOR_METRICS_PORT:-9101}"
 export TRACKER_METRICS_PORT="${TRACKER_METRICS_PORT:-9102}"
 export DLQ_METRICS_PORT="${DLQ_METRICS_PORT:-9103}"
+export ORCHESTRATOR_METRICS_PORT="${ORCHESTRATOR_METRICS_PORT:-9104}"
+export INVENTORY_METRICS_PORT="${INVENTORY_METRICS_PORT:-9105}"
 export QUERY_API_PORT="${QUERY_API_PORT:-8080}"
 
 say() { printf 'start.sh: %s\n' "$*"; }
@@ -174,7 +176,8 @@ query_host="${QUERY_API_HOST:-127.0.0.1}"
 [[ "$query_host" != "0.0.0.0" && "$query_host" != "::" ]] || query_host=127.0.0.1
 urls=()
 [[ "$QUERY_API_PORT" == "0" ]] || urls+=("http://$query_host:$QUERY_API_PORT/readyz")  # 0: any port
-for port in "$AGGREGATOR_METRICS_PORT" "$TRACKER_METRICS_PORT" "$DLQ_METRICS_PORT"; do
+for port in "$AGGREGATOR_METRICS_PORT" "$TRACKER_METRICS_PORT" "$DLQ_METRICS_PORT" \
+            "$ORCHESTRATOR_METRICS_PORT" "$INVENTORY_METRICS_PORT"; do
     urls+=("http://$query_host:$port/metrics")
 done
 ready=""
@@ -194,7 +197,8 @@ done
 [[ -n "$ready" ]] || fail "the roles did not become ready after $TRIES tries (see ${LOG_DIR}/)"
 
 say "platform ready: query API http://$query_host:$QUERY_API_PORT, metrics on ports" \
-    "$AGGREGATOR_METRICS_PORT (aggregator), $TRACKER_METRICS_PORT (tracker), $DLQ_METRICS_PORT (dlq)"
+    "$AGGREGATOR_METRICS_PORT (aggregator), $TRACKER_METRICS_PORT (tracker), $DLQ_METRICS_PORT (dlq)," \
+    "$ORCHESTRATOR_METRICS_PORT (orchestrator), $INVENTORY_METRICS_PORT (inventory)"
 trap - ERR INT TERM
 
 if [[ "${START_NO_DEMO:-}" == "1" ]]; then

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 START = ROOT / "scripts" / "start.sh"
 STOP = ROOT / "scripts" / "stop.sh"
 ROLES = ("tracker", "aggregator", "inventory", "orchestrator", "dlq", "query")
-METRICS_VARS = ("AGGREGATOR_METRICS_PORT", "TRACKER_METRICS_PORT", "DLQ_METRICS_PORT")
+METRICS_VARS = ("AGGREGATOR_METRICS_PORT", "TRACKER_METRICS_PORT", "DLQ_METRICS_PORT",
+                "ORCHESTRATOR_METRICS_PORT", "INVENTORY_METRICS_PORT")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -86,7 +87,7 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 def test_start_runs_every_role_as_its_own_process_and_stop_ends_them(tmp_path):
     began = time.monotonic()
     run_dir = tmp_path / "run"
-    broker_port, query_port, *metrics_ports = _free_ports(5)
+    broker_port, query_port, *metrics_ports = _free_ports(2 + len(METRICS_VARS))
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("KAFKA_", "START_", "DEMO_", "QUERY_API_"))}
     env.update({
@@ -151,7 +152,7 @@ def test_start_runs_every_role_as_its_own_process_and_stop_ends_them(tmp_path):
         assert view.get("status") == "approved", f"{view}\n{_logs(run_dir)}"
         assert view["user"] == "client07" and view["item"] == "latte" and view["quantity"] == 2
 
-        # the three metrics servers answer, each in its own role's process
+        # every metrics server answers, each in its own role's process
         for port in metrics_ports:
             status, body = _get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200 and body, port
