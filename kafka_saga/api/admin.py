@@ -15,8 +15,17 @@ from .. import logs
 from ..bus import reinject
 from ..bus.client import BrokerUnavailable
 from ..bus.producer import DeliveryError
+from ..core.submission import blank
 from ..observation.health import health_answer
-from ..observation.http import BadRequest, int_param, json_error, json_response, metrics_response
+from ..observation.http import (
+    METRICS_FORMATS,
+    BadRequest,
+    int_param,
+    json_error,
+    json_response,
+    metrics_response,
+    query_value,
+)
 from .context import (
     BUS,
     HEALTH,
@@ -29,16 +38,18 @@ from .context import (
     read_model,
     require_admin,
 )
-from .openapi import OBJECT, documented, ref
+from .openapi import MAX_REPLAY_REASON, OBJECT, Media, documented, ref
 
 log = logs.get("query")
 REPLAY_READ_TIMEOUT_S = 30.0  # reading the DLQ topic for POST /dlq/replay
 REPLAY_LOCK = web.AppKey("replay_lock", asyncio.Lock)
 
 
-@documented(query={"format": {"type": "string", "enum": ["prometheus"]}})
+@documented(query={"format": {"type": "string", "enum": list(METRICS_FORMATS)}},
+            responses={200: Media({"application/json": OBJECT, "text/plain": {"type": "string"}})})
 async def get_metrics(request: web.Request) -> web.Response:
-    """GET /metrics — JSON snapshot, or Prometheus exposition when Accept asks for it."""
+    """GET /metrics — JSON snapshot, or Prometheus text (``text/plain``) with ?format=prometheus
+    or when Accept names text/plain or openmetrics; ?format= wins over Accept."""
     return metrics_response(request, request.app[METRICS])
 
 
@@ -64,7 +75,7 @@ async def get_ready(request: web.Request) -> web.Response:
 async def list_dead_letters(request: web.Request) -> web.Response:
     """GET /dlq?limit=&reason= — the most recent dead letters, newest first."""
     limit = int_param(request, "limit", 50, 1, MAX_PAGE)
-    reason = request.query.get("reason")
+    reason = query_value(request, "reason")
     view = read_model(request).dead_letters
     letters = [d for d in reversed(view.recent) if reason is None or d.reason == reason][:limit]
     return json_response({
@@ -88,8 +99,10 @@ def _replay_request(body: Any) -> tuple[tuple[int, int] | None, str | None]:
     if "all" in body and body["all"] is not True:
         raise BadRequest('dlq replay: "all" must be true')
     reason = body.get("reason")
-    if reason is not None and (type(reason) is not str or not reason.strip() or len(reason) > 256):
-        raise BadRequest('dlq replay: "reason" must be a non-empty string of at most 256 characters')
+    if "reason" in body and (type(reason) is not str or blank(reason)
+                               or len(reason) > MAX_REPLAY_REASON):
+        raise BadRequest(f'dlq replay: "reason" must be a non-empty string of at most '
+                         f'{MAX_REPLAY_REASON} characters')
     offset = None
     if "offset" in body:
         if type(body["offset"]) is not str:

@@ -27,7 +27,8 @@ SETTINGS = web.AppKey("settings", Settings)
 BODY_LIMITS = web.AppKey("body_limits", tuple)  # (max bytes, seconds to receive them)
 
 LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}  # OpenAPI: ?limit=
-TEXT = {"type": "string"}
+TEXT = {"type": "string", "minLength": 1}  # a query parameter given empty is refused
+CURSOR = {"type": "string", "description": "next_after of the page before; empty or absent: the first page"}
 
 
 def read_model(request: web.Request) -> ReadModel:

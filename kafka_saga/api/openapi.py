@@ -13,23 +13,44 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..core.contracts import ORDER_MAX_QUANTITY, Event, Snapshot, UserAggregate
+from ..config import Settings
+from ..core.contracts import MAX_MONEY, ORDER_MAX_QUANTITY, Event, Snapshot, UserAggregate
 from ..core.contracts import STATUSES as _STATUSES
+from ..core.submission import (
+    MAX_ATTRIBUTE_KEY,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_ATTRIBUTES,
+    MAX_REASON,
+    MAX_TEXT,
+    TEXT_PATTERN,
+)
 from ..observation.http import json_response
+from .context import SETTINGS
 
 Handler = Callable[..., Any]
+# A query parameter's schema, or a function of the settings giving it (a bound that is a setting)
+Schema = dict[str, Any] | Callable[[Settings], dict[str, Any]]
 
 STATUSES = list(_STATUSES)
 ERROR = {"type": "object", "required": ["error", "status"],
          "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}}
+def _text(limit: int) -> dict[str, Any]:
+    """A string with something besides whitespace, of at most ``limit`` characters."""
+    return {"type": "string", "minLength": 1, "maxLength": limit, "pattern": TEXT_PATTERN}
+
+
 ORDER_REQUEST = {
     "type": "object", "additionalProperties": False, "required": ["user", "item", "quantity"],
     "properties": {
-        "user": {"type": "string", "minLength": 1, "maxLength": 128},
-        "item": {"type": "string", "minLength": 1, "maxLength": 128},
+        "user": _text(MAX_TEXT),
+        "item": _text(MAX_TEXT),
         "quantity": {"type": "integer", "minimum": 1, "maximum": ORDER_MAX_QUANTITY},
-        "attributes": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 64},
-        "price_cents": {"type": "integer", "minimum": 0},
+        "attributes": {"type": ["object", "null"], "description": "null: no attributes",
+                       "maxProperties": MAX_ATTRIBUTES,
+                       "propertyNames": {"maxLength": MAX_ATTRIBUTE_KEY},
+                       "additionalProperties": {"type": "string", "maxLength": MAX_ATTRIBUTE_VALUE}},
+        "price_cents": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_MONEY,
+                        "description": "absent or null: the catalog price"},
     },
 }
 ACCEPTED = {"type": "object", "required": ["order_id", "saga_id", "command_id"],
@@ -44,10 +65,13 @@ ORDER = {"type": "object", "properties": {
     "retry_count": {"type": "integer"}, "status": {"type": "string", "enum": STATUSES},
     "history": HISTORY}}
 CANCEL_REQUEST = {"type": "object", "required": ["reason"], "additionalProperties": False,
-                  "properties": {"reason": {"type": "string", "minLength": 1}}}
-REPLAY_REQUEST = {"type": "object", "properties": {
-    "offset": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}, "all": {"type": "boolean"},
-    "reason": {"type": "string"}}}
+                  "properties": {"reason": _text(MAX_REASON)}}
+MAX_REPLAY_REASON = 256  # POST /dlq/replay's "reason" filter
+REPLAY_REQUEST = {  # exactly one of offset and all (oneOf: both would match both)
+    "type": "object", "additionalProperties": False,
+    "oneOf": [{"required": ["offset"]}, {"required": ["all"]}],
+    "properties": {"offset": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+                   "all": {"const": True}, "reason": _text(MAX_REPLAY_REASON)}}
 OVERLOADED = {  # POST /orders refused by admission (kafka_saga.api.admission)
     "type": "object", "required": ["error", "status", "reason", "backlog", "max_backlog", "retry_after_s"],
     "description": "Too many commands wait for the orchestrator (KAFKA_SAGA_MAX_BACKLOG); "
@@ -59,6 +83,10 @@ OVERLOADED = {  # POST /orders refused by admission (kafka_saga.api.admission)
 RETRY_AFTER = {"Retry-After": {"description": "with reason backlog only: seconds to wait before retrying",
                                "schema": {"type": "integer", "minimum": 1, "maximum": 60}}}
 OBJECT = {"type": "object"}
+
+
+class Media(dict[str, Any]):
+    """A response described per content type, ``{content_type: schema}``."""
 
 
 def _schemas() -> dict[str, Any]:
@@ -88,12 +116,13 @@ def page(key: str, item: dict[str, Any]) -> dict[str, Any]:
                                              "next_after": {"type": ["string", "null"]}}}
 
 
-def documented(*, query: dict[str, dict[str, Any]] | None = None, body: str | None = None,
+def documented(*, query: dict[str, Schema] | None = None, body: str | None = None,
                responses: dict[int, Any] | None = None, admin: bool = False,
                content_type: str = "application/json",
                headers: dict[int, dict[str, Any]] | None = None) -> Callable[[Handler], Handler]:
     """Attach the OpenAPI description of a handler: query parameters, body, responses
-    (and the response headers of a status, ``{503: RETRY_AFTER}``)."""
+    (and the response headers of a status, ``{503: RETRY_AFTER}``); a response given as
+    :class:`Media` has one schema per content type."""
 
     def mark(handler: Handler) -> Handler:
         handler.__openapi__ = {  # type: ignore[attr-defined]
@@ -104,18 +133,23 @@ def documented(*, query: dict[str, dict[str, Any]] | None = None, body: str | No
     return mark
 
 
-def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
+def _operation(method: str, path: str, handler: Handler, settings: Settings) -> dict[str, Any]:
     meta = getattr(handler, "__openapi__", {"query": {}, "body": None, "responses": {200: OBJECT},
                                             "admin": False, "content_type": "application/json"})
     doc = (handler.__doc__ or "").strip()
     summary = doc.splitlines()[0] if doc else f"{method} {path}"
     params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
               for p in path.split("/") if p.startswith("{")]
-    params += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in meta["query"].items()]
+    params += [{"name": n, "in": "query", "required": False,
+                "schema": s(settings) if callable(s) else s} for n, s in meta["query"].items()]
     responses: dict[str, Any] = {}
     for status, schema in meta["responses"].items():
-        content = ({"text/html": {"schema": {"type": "string"}}} if meta["content_type"] == "text/html"
-                   else {"application/json": {"schema": schema}})
+        if isinstance(schema, Media):
+            content = {kind: {"schema": one} for kind, one in schema.items()}
+        elif meta["content_type"] == "text/html":
+            content = {"text/html": {"schema": {"type": "string"}}}
+        else:
+            content = {"application/json": {"schema": schema}}
         responses[str(status)] = {"description": "success" if status < 400 else "error", "content": content}
         if status in meta.get("headers", {}):
             responses[str(status)]["headers"] = meta["headers"][status]
@@ -139,12 +173,13 @@ def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
 def openapi(app: web.Application) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route registered on ``app``."""
     paths: dict[str, dict[str, Any]] = {}
+    settings = app.get(SETTINGS) or Settings()  # bounds that are settings (?wait=)
     for route in app.router.routes():
         method = route.method.upper()
         if method in ("HEAD", "*") or route.resource is None:
             continue
         path = route.resource.canonical
-        paths.setdefault(path, {})[method.lower()] = _operation(method, path, route.handler)
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path, route.handler, settings)
     return {
         "openapi": "3.1.0",
         "info": {"title": "kafka_saga query API", "version": __version__,

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..observation.http import BadRequest, int_param, json_error, json_response
+from ..observation.http import BadRequest, int_param, json_error, json_response, query_value
 from ..query.orders import STATUSES
-from .context import LIMIT, MAX_PAGE, TEXT, read_model, settings_of
+from .context import CURSOR, LIMIT, MAX_PAGE, read_model, settings_of
 from .openapi import OBJECT, documented, page, ref
 
 
-@documented(query={"limit": LIMIT, "after": TEXT}, responses={200: page("aggregates", ref("UserAggregate"))})
+@documented(query={"limit": LIMIT, "after": CURSOR}, responses={200: page("aggregates", ref("UserAggregate"))})
 async def list_aggregates(request: web.Request) -> web.Response:
     """GET /aggregates?limit=&after= — sorted by user, cursor-paginated."""
     limit = int_param(request, "limit", 100, 1, MAX_PAGE)
-    after = request.query.get("after")
+    after = query_value(request, "after", empty_is_absent=True)
     items, next_after = read_model(request).aggregates.page(limit, after)
     return json_response({
         "aggregates": [a for a in items],
@@ -35,8 +35,8 @@ async def get_aggregate(request: web.Request) -> web.Response:
 
 
 def _wait_param(request: web.Request, limit: float) -> float | None:
-    raw = request.query.get("wait")
-    if raw is None or raw == "":
+    raw = query_value(request, "wait")
+    if raw is None:
         return None
     try:
         value = float(raw)
@@ -48,7 +48,8 @@ def _wait_param(request: web.Request, limit: float) -> float | None:
     return value
 
 
-@documented(query={"wait": {"type": "number", "exclusiveMinimum": 0}}, responses={200: ref("Order"), 404: ref("Error"), 410: ref("Error")})
+@documented(query={"wait": lambda settings: {"type": "number", "exclusiveMinimum": 0,
+                                              "maximum": settings.wait_max_s}}, responses={200: ref("Order"), 404: ref("Error"), 410: ref("Error")})
 async def get_order(request: web.Request) -> web.Response:
     """GET /orders/{order_id}?wait=S — the order; with ``wait``, once terminal or S elapsed.
 
@@ -71,15 +72,15 @@ async def get_order(request: web.Request) -> web.Response:
     return json_error(404, f"unknown order {order_id!r}", order_id=order_id)
 
 
-@documented(query={"status": {"type": "string", "enum": list(STATUSES)}, "limit": LIMIT, "after": TEXT}, responses={200: page("sagas", OBJECT)})
+@documented(query={"status": {"type": "string", "enum": list(STATUSES)}, "limit": LIMIT, "after": CURSOR}, responses={200: page("sagas", OBJECT)})
 async def list_sagas(request: web.Request) -> web.Response:
     """GET /sagas?status=&limit=&after= — saga summaries sorted by saga id, cursor-paginated."""
-    status = request.query.get("status") or None
+    status = query_value(request, "status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"query parameter 'status' must be one of {', '.join(STATUSES)}, "
                          f"got {status!r}")
     limit = int_param(request, "limit", 100, 1, MAX_PAGE)
-    after = request.query.get("after")
+    after = query_value(request, "after", empty_is_absent=True)
     view = read_model(request).orders
     items, next_after = view.page(limit, after, status)
     return json_response({"sagas": items, "count": len(items), "total": view.total(status),

@@ -22,6 +22,7 @@ from typing import cast
 
 from aiokafka import TopicPartition
 
+from ..observation.metrics import Metrics
 from .handling import Emit, Outcome, Rejected, Subscription, batch_end, handle_record
 from .topics import Topics
 
@@ -56,6 +57,7 @@ class MemoryBus:
         self.committed: dict[tuple[str, TopicPartition], int] = {}  # (group, tp) -> offset
         self.dead_letters: list[tuple[MemoryRecord, Rejected, str]] = []  # (record, why, role)
         self.members: list[_Member] = []
+        self.metrics = Metrics()  # what the roles count, as on the real bus
 
     # --- topics ---
     def _partitions_of(self, topic: str) -> list[list[MemoryRecord]]:

@@ -22,6 +22,15 @@ ORDER_FIELDS = ("user", "item", "quantity", "attributes", "price_cents")
 CANCEL_FIELDS = ("reason",)
 
 
+BLANKS = " \t\r\n"  # what a text made only of is empty (as the OpenAPI document's pattern says)
+TEXT_PATTERN = "[^ \\t\\r\\n]"  # the same, as a JSON Schema pattern: one character that is not blank
+
+
+def blank(value: str) -> bool:
+    """Whether ``value`` holds only spaces, tabs and line breaks (or nothing)."""
+    return not value.strip(BLANKS)
+
+
 def _invalid(message: str, reason: str = "invalid_field") -> ContractError:
     return ContractError(reason, message)
 
@@ -37,6 +46,15 @@ def _object(body: Any, what: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     return body
 
 
+def _integer(value: Any, name: str) -> int:
+    """An integer as JSON Schema counts one: ``14`` or ``14.0``, not ``true``, ``14.5`` or ``"14"``."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if type(value) is not int:  # excludes bool, other floats and numeric strings
+        raise _invalid(f"{name}: expected an integer, got {type(value).__name__}")
+    return value
+
+
 def _text(body: dict[str, Any], name: str, limit: int, what: str) -> str:
     if name not in body:
         raise _invalid(f"{what}.{name}: required field missing", "missing_field")
@@ -44,7 +62,7 @@ def _text(body: dict[str, Any], name: str, limit: int, what: str) -> str:
     if type(value) is not str:
         kind = "null" if value is None else type(value).__name__
         raise _invalid(f"{what}.{name}: expected a string, got {kind}")
-    if not value.strip():
+    if blank(value):
         raise _invalid(f"{what}.{name}: must not be empty")
     if len(value) > limit:
         raise _invalid(f"{what}.{name}: longer than {limit} characters")
@@ -54,7 +72,8 @@ def _text(body: dict[str, Any], name: str, limit: int, what: str) -> str:
 def parse_order_request(body: Any) -> dict[str, Any]:
     """Validate a ``POST /orders`` body; return ``{user, item, quantity, attributes, price_cents}``.
 
-    ``price_cents`` is ``None`` when the client did not give one (the catalog price applies).
+    ``price_cents`` is ``None`` when the client did not give one, or gave null (the catalog
+    price applies); ``attributes`` null is no attributes.
     """
     what = "order"
     body = _object(body, what, ORDER_FIELDS)
@@ -62,9 +81,7 @@ def parse_order_request(body: Any) -> dict[str, Any]:
     item = _text(body, "item", MAX_TEXT, what)
     if "quantity" not in body:
         raise _invalid(f"{what}.quantity: required field missing", "missing_field")
-    quantity = body["quantity"]
-    if type(quantity) is not int:  # excludes bool, float and numeric strings
-        raise _invalid(f"{what}.quantity: expected an integer, got {type(quantity).__name__}")
+    quantity = _integer(body["quantity"], f"{what}.quantity")
     if not 1 <= quantity <= ORDER_MAX_QUANTITY:
         raise _invalid(f"{what}.quantity: must be between 1 and {ORDER_MAX_QUANTITY}, got {quantity}")
     attributes = body.get("attributes")
@@ -84,8 +101,7 @@ def parse_order_request(body: Any) -> dict[str, Any]:
             raise _invalid(f"{what}.attributes.{key}: longer than {MAX_ATTRIBUTE_VALUE} characters")
     price = body.get("price_cents")
     if price is not None:
-        if type(price) is not int:
-            raise _invalid(f"{what}.price_cents: expected an integer, got {type(price).__name__}")
+        price = _integer(price, f"{what}.price_cents")
         if not 0 <= price <= MAX_MONEY:
             raise _invalid(f"{what}.price_cents: must be between 0 and {MAX_MONEY}, got {price}")
     return {"user": user, "item": item, "quantity": quantity, "attributes": dict(attributes),

@@ -27,6 +27,7 @@ from .metrics import Metrics
 
 log = logs.get("http")
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_FORMATS = ("json", "prometheus")  # GET /metrics?format=
 IDLE_TIMEOUT_S = 30.0  # an idle (or header-trickling) connection is closed after this long
 # Headers an error answer keeps from the ``web.HTTPException`` it renders (e.g. Allow on 405).
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After", "Location")
@@ -129,7 +130,13 @@ async def read_body(request: web.Request, max_size: int, timeout_s: float) -> by
 
 def wants_prometheus(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
-    return "text/plain" in accept or "openmetrics" in accept or request.query.get("format") == "prometheus"
+    chosen = query_value(request, "format")  # wins over Accept
+    if chosen is not None:
+        if chosen not in METRICS_FORMATS:
+            raise BadRequest(f"query parameter 'format' must be one of {', '.join(METRICS_FORMATS)}, "
+                             f"got {chosen[:100]!r}")
+        return chosen == "prometheus"
+    return "text/plain" in accept or "openmetrics" in accept
 
 
 def metrics_response(request: web.Request, metrics: Metrics) -> web.Response:
@@ -138,9 +145,22 @@ def metrics_response(request: web.Request, metrics: Metrics) -> web.Response:
     return json_response(metrics.snapshot())
 
 
+def query_value(request: web.Request, name: str, empty_is_absent: bool = False) -> str | None:
+    """The query parameter ``name`` (None when absent); given more than once, or empty (unless
+    ``empty_is_absent``, as a cursor that starts at the beginning): 400."""
+    values = request.query.getall(name, [])
+    if not values or (empty_is_absent and values == [""]):
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name!r} given {len(values)} times; give it once")
+    if values[0] == "":
+        raise BadRequest(f"query parameter {name!r} is empty; give a value or leave it out")
+    return values[0]
+
+
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    raw = query_value(request, name)
+    if raw is None:
         return default
     try:
         value = int(raw)

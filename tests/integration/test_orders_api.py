@@ -238,7 +238,7 @@ async def test_wait_returns_as_soon_as_the_order_ends(platform, settings, bus):
 
     for raw in ("0", "abc", "999", "-1", "nan", "inf", "31"):
         assert_error(await call(platform, f"/orders/o-wait?wait={raw}"), 400, "wait")
-    assert (await call(platform, "/orders/o-wait?wait=")).status == 200
+    assert_error(await call(platform, "/orders/o-wait?wait="), 400, "wait")  # empty: say so
 
 
 # --- GET /sagas and GET /catalog -------------------------------------------------------------
@@ -274,7 +274,8 @@ async def test_sagas_are_listed_sorted_filtered_and_paginated(platform, settings
     assert (await call(platform, "/sagas?status=failed")).body["total"] == 2
     pending = await call(platform, "/sagas?status=pending")
     assert pending.body["count"] == 4 and pending.body["sagas"][0]["duplicate"] is False
-    assert (await call(platform, "/sagas?status=")).body["total"] == 14  # empty: no filter
+    assert (await call(platform, "/sagas?status=")).status == 400  # empty: say so
+    assert (await call(platform, "/sagas")).body["total"] == 14  # absent: no filter
 
     assert_error(await call(platform, "/sagas?status=done"), 400, "status")
     for bad in ("limit=0", "limit=abc", "limit=5000"):

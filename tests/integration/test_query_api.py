@@ -142,12 +142,14 @@ async def test_invalid_limits_are_400_json_errors(platform):
     await platform.start("query")
     for path in ("/aggregates?limit=0", "/aggregates?limit=abc", "/aggregates?limit=100000",
                  "/aggregates?limit=-1", "/aggregates?limit=1.5", "/dlq?limit=0", "/dlq?limit=abc",
-                 "/dlq?limit=100000"):
+                 "/dlq?limit=100000", "/aggregates?limit=", "/aggregates?limit=5&limit=6"):
         reply = await call(platform, path)
         assert_json_error(reply, 400)
         assert "limit" in reply.body["error"], (path, reply.body)
+    assert "is empty" in (await call(platform, "/aggregates?limit=")).body["error"]
+    assert "given 2 times" in (await call(platform, "/aggregates?limit=5&limit=6")).body["error"]
     assert (await call(platform, "/aggregates?limit=1000")).status == 200
-    assert (await call(platform, "/aggregates?limit=")).status == 200  # empty means the default
+    assert (await call(platform, "/aggregates")).status == 200  # absent: the default
 
 
 # --- /metrics, /healthz, /readyz, routing ------------------------------------------------

@@ -265,7 +265,7 @@ def test_parse_order_request_accepts_a_valid_body():
     ({"user": 7, "item": "book", "quantity": 1}, "invalid_field", "user"),
     ({"user": "u" * 129, "item": "book", "quantity": 1}, "invalid_field", "128"),
     ({"user": "u", "item": "book", "quantity": "2"}, "invalid_field", "quantity"),
-    ({"user": "u", "item": "book", "quantity": 2.0}, "invalid_field", "quantity"),
+    ({"user": "u", "item": "book", "quantity": 2.5}, "invalid_field", "quantity"),
     ({"user": "u", "item": "book", "quantity": True}, "invalid_field", "bool"),
     ({"user": "u", "item": "book", "quantity": 0}, "invalid_field", "between 1 and 100"),
     ({"user": "u", "item": "book", "quantity": 101}, "invalid_field", "between 1 and 100"),

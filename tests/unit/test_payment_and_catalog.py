@@ -263,7 +263,8 @@ def test_parse_copies_attributes() -> None:
     (body(item=""), "invalid_field", "order.item: must not be empty"),
     (body(user="u" * 129), "invalid_field", "longer than 128"),
     (body(quantity=True), "invalid_field", "got bool"),
-    (body(quantity=2.0), "invalid_field", "got float"),
+    (body(quantity=2.5), "invalid_field", "got float"),
+    (body(quantity=1e300), "invalid_field", "between 1 and 100"),
     (body(quantity="2"), "invalid_field", "got str"),
     (body(quantity=0), "invalid_field", "between 1 and 100, got 0"),
     (body(quantity=101), "invalid_field", "got 101"),
@@ -275,7 +276,7 @@ def test_parse_copies_attributes() -> None:
     (body(attributes={"n": None}), "invalid_field", "got NoneType"),
     (body(attributes={"n": "v" * 1025}), "invalid_field", "longer than 1024"),
     (body(price_cents=True), "invalid_field", "price_cents: expected an integer, got bool"),
-    (body(price_cents=1.0), "invalid_field", "got float"),
+    (body(price_cents=1.5), "invalid_field", "got float"),
     (body(price_cents="100"), "invalid_field", "got str"),
     (body(price_cents=-1), "invalid_field", "got -1"),
     (body(price_cents=MAX_MONEY + 1), "invalid_field", "must be between 0"),
@@ -285,6 +286,15 @@ def test_parse_rejects(payload: Any, reason: str, fragment: str) -> None:
         parse_order_request(payload)
     assert info.value.reason == reason
     assert fragment in str(info.value)
+
+
+def test_parse_takes_integers_as_json_schema_does() -> None:
+    """14.0 is an integer to JSON Schema (and so to the OpenAPI document); null is "not given"."""
+    parsed = parse_order_request(body(quantity=2.0, price_cents=900.0))
+    assert (parsed["quantity"], parsed["price_cents"]) == (2, 900)
+    assert type(parsed["quantity"]) is int and type(parsed["price_cents"]) is int
+    parsed = parse_order_request(body(price_cents=None, attributes=None))
+    assert parsed["price_cents"] is None and parsed["attributes"] == {}
 
 
 def test_parse_cancel_request() -> None:
