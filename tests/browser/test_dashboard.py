@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from kafka_saga.bus.follow import read_topic
+from kafka_saga.core.contracts import REINJECTED_HEADER, headers_dict
+
 from ..integration.test_saga import order, submit
 from ..support.burst import burst_orders, write_with_foreign_client
 from ..support.platform import RunningPlatform, eventually
@@ -141,5 +144,77 @@ async def test_the_backpressure_panel_shows_the_bound_the_pauses_and_the_lag_of_
 
             rest = await eventually(at_rest, timeout=15, interval=0.2, what="the panel at rest")
             assert rest["limit"] == str(BOUND) and int(rest["peak"]) >= max(counts), rest
+    finally:
+        await running.stop()
+
+
+LAYOUT = """() => {
+    const main = document.querySelector("main").getBoundingClientRect();
+    const rows = {};
+    for (const s of document.querySelectorAll("main > section")) {
+        const r = s.getBoundingClientRect();
+        (rows[Math.round(r.top)] ||= []).push({id: s.id, left: r.left, right: r.right});
+    }
+    return {scroll: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+            main: {left: main.left, right: main.right}, rows: Object.values(rows)};
+}"""
+
+
+async def test_an_operator_follows_an_order_and_reinjects_a_dead_letter(settings, bus):
+    playwright_api = pytest.importorskip("playwright.async_api", reason="playwright not installed")
+    running = RunningPlatform(replace(settings, admin_token="operator-token"))
+    try:
+        await running.start("orchestrator", "inventory", "tracker", "aggregator", "dlq", "query")
+        async with dashboard(playwright_api, running.url) as page:
+            # the layout uses the width: no horizontal scroll, every row of panels full
+            layout = await page.evaluate(LAYOUT)
+            assert layout["scroll"] == 0, layout
+            for row in layout["rows"]:
+                assert min(p["left"] for p in row) <= layout["main"]["left"] + 24, (row, layout["main"])
+                assert max(p["right"] for p in row) >= layout["main"]["right"] - 24, (row, layout["main"])
+
+            flaky = order(user="client51", payment_errors="2")
+            broken = order(user="client52", payment_errors="10")
+            await submit(bus, flaky, broken)
+            await page.locator(f"#orders tbody tr[data-order='{broken.snapshot.order_id}'] td.s-failed").wait_for(timeout=60000)
+            await page.locator(f"#orders tbody tr[data-order='{flaky.snapshot.order_id}'] td.s-approved").wait_for(timeout=60000)
+
+            # click an order: its saga timeline, each step with its time and its retries
+            await page.click(f"#orders tbody tr[data-order='{flaky.snapshot.order_id}']")
+            items = page.locator("#timeline .timeline li")
+            await items.nth(4).wait_for(timeout=10000)
+            steps = await items.evaluate_all("(lis) => lis.map((li) => li.innerText.replace(/\\s+/g, ' '))")
+            assert [s.split(" · ")[0].split(" ", 2)[-1] for s in steps] == [
+                "Created", "Approved", "Approved", "Approved", "Approved"], steps
+            payment = next(s for s in steps if "Payment" in s)
+            assert "2 retries" in payment and re.search(r"\d+ ms$", payment), steps
+            assert flaky.saga_id in await page.inner_text("#timeline")
+
+            # the step latency panel: each step of the last minute, with its percentiles
+            await page.locator("#steps tbody tr", has_text="Payment").wait_for(timeout=10000)
+            cells = await page.locator("#steps tbody tr", has_text="Payment").locator("td").all_inner_texts()
+            assert cells[0] == "Payment" and int(cells[1]) >= 2 and float(cells[4]) >= float(cells[2]), cells
+
+            # a dead letter, re-injected from the page with the admin token
+            letter = page.locator("#dlq tbody tr", has_text="payment_retries_exhausted")
+            await letter.wait_for(timeout=30000)
+            await page.fill("#admin-token", "operator-token")
+            await letter.locator("button.reinject").click()
+            await page.locator("#dlq-result", has_text="re-injected 1").wait_for(timeout=30000)
+            at = await letter.get_attribute("data-at")
+
+            async def reinjected() -> bool:
+                found: list = []
+                await read_topic(bus, bus.topics.commands, found.append, 30)
+                return any(r.key == broken.key and REINJECTED_HEADER in headers_dict(r.headers) for r in found)
+
+            await eventually(reinjected, timeout=30, what="the re-injected command on orders.commands")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-operator.png"), full_page=True)
+            assert (ARTIFACTS / "dashboard-operator.png").stat().st_size > 10_000
+            # a wrong token is refused, and the page says so
+            await page.fill("#admin-token", "wrong")
+            await page.locator(f"#dlq tbody tr[data-at='{at}'] button.reinject").click()
+            await page.locator("#dlq-result", has_text="refused: 403").wait_for(timeout=10000)
     finally:
         await running.stop()
