@@ -7,6 +7,7 @@ import sys
 
 import orjson
 import structlog
+from opentelemetry import trace
 
 _SECRET_KEYS = ("password", "token", "secret", "authorization")
 
@@ -71,6 +72,17 @@ def enabled(level: int) -> bool:
     return level >= _level
 
 
+def _trace_ids(_logger: object, _name: str, event: structlog.typing.EventDict
+               ) -> structlog.typing.EventDict:
+    """The current span's ids, when it is recorded (tracing on)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        ids = span.get_span_context()
+        event.setdefault("trace_id", f"{ids.trace_id:032x}")
+        event.setdefault("span_id", f"{ids.span_id:016x}")
+    return event
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog (and route stdlib logging, e.g. aiokafka's, through it)."""
     global _level
@@ -85,6 +97,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _trace_ids,
         _redact,
     ]
     structlog.configure(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
 
 from .. import logs
 from ..bus.producer import DeliveryError
@@ -20,6 +21,7 @@ from ..core.submission import (
     parse_order_request,
     reject_command,
 )
+from ..observation import tracing
 from ..observation.http import json_error, json_response
 from ..query.orders import FAILED, REJECTED
 from . import admission
@@ -49,13 +51,13 @@ async def _publish(request: web.Request, command: Command, partition: int | None
         return json_error(503, "the broker is unavailable (circuit breaker open); "
                           "nothing was submitted, retry later", order_id=order_id)
     producer = bus.producer
+    topic = bus.topics.commands if partition is None else bus.topics.replies
     try:
-        if partition is None:
-            await producer.send(bus.topics.commands, command.encode(), key=command.key)
-        else:
-            await producer.send(bus.topics.replies, command.encode(), key=command.key,
-                                partition=partition)
-        await producer.flush_within(SUBMIT_TIMEOUT_S)
+        with tracing.span(f"send {topic}", {"messaging.system": "kafka", "messaging.operation.type": "send",
+                                             "messaging.destination.name": topic,
+                                             "message_type": command.type.value}, SpanKind.PRODUCER):
+            await producer.send(topic, command.encode(), key=command.key, partition=partition)
+            await producer.flush_within(SUBMIT_TIMEOUT_S)
     except TimeoutError:
         log.warning("command not acknowledged in time", order_id=order_id,
                     command=command.type.value, timeout_s=SUBMIT_TIMEOUT_S)
@@ -80,6 +82,15 @@ def _accepted(command: Command) -> web.Response:
 @documented(body="OrderRequest", responses={202: ref("Accepted"), 400: ref("Error"), 413: ref("Error"), 503: SUBMIT_UNAVAILABLE}, headers={503: RETRY_AFTER})
 async def create_order(request: web.Request) -> web.Response:
     """POST /orders — validate, publish an OrderCreate command; 202 with the new ids."""
+    # the order's trace: the caller's traceparent, else a new one
+    with tracing.server_span("POST /orders", request.headers, {"http.request.method": "POST",
+                                                               "http.route": "/orders"}):
+        response = await _create_order(request)
+        tracing.describe(**{"http.response.status_code": response.status})
+        return response
+
+
+async def _create_order(request: web.Request) -> web.Response:
     body = await json_body(request)
     try:
         order = parse_order_request(body)
@@ -91,6 +102,8 @@ async def create_order(request: web.Request) -> web.Response:
     command = new_order_command(order["user"], order["item"], order["quantity"],
                                 read_model(request).orders.catalog, attributes=order["attributes"],
                                 price_cents=order["price_cents"])
+    tracing.describe(order_id=command.snapshot.order_id, saga_id=command.saga_id,
+                     user=command.snapshot.user)
     failed = await _publish(request, command)
     if failed is not None:
         return failed
@@ -125,7 +138,10 @@ async def cancel_order(request: web.Request) -> web.Response:
     command = reject_command(order_id, saga_id, snapshot, reason, "api", step=step)
     # to the saga's own partition (its command's, named by its events) on orders.replies;
     # by key on orders.commands only for a saga whose partition the view was not told
-    failed = await _publish(request, command, view.partition(order_id))
+    with tracing.server_span("POST /orders/{order_id}/cancel", request.headers,
+                             {"http.request.method": "POST", "http.route": "/orders/{order_id}/cancel",
+                              "order_id": order_id, "saga_id": saga_id}):
+        failed = await _publish(request, command, view.partition(order_id))
     if failed is not None:
         return failed
     log.info("order cancel requested", order_id=order_id, saga_id=saga_id, reason=reason)

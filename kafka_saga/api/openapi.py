@@ -63,6 +63,8 @@ ORDER = {"type": "object", "properties": {
                                         "created_at", "updated_at")},
     "quantity": {"type": "integer"}, "price_cents": {"type": "integer"},
     "retry_count": {"type": "integer"}, "status": {"type": "string", "enum": STATUSES},
+    "trace_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$",
+                 "description": "the W3C trace id of the order's trace (null: its events carry none)"},
     "history": HISTORY}}
 CANCEL_REQUEST = {"type": "object", "required": ["reason"], "additionalProperties": False,
                   "properties": {"reason": _text(MAX_REASON)}}

@@ -28,6 +28,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from ..core.contracts import ContractError
+from ..observation import tracing
 from .fence import Fence, Fenced
 from .inflight import InFlight
 from .producer import DeliveryError
@@ -159,6 +160,8 @@ def handle_record(sub: Subscription, record: Any, state: Any) -> Outcome | Corou
         return Rejected(exc.reason, str(exc))
     except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the role
         return Rejected("decode_error", f"{type(exc).__name__}: {exc}")
+    if tracing.on():  # the span of the record's handling names what it is about
+        _describe(message)
     handler = sub.handle
     try:
         out = handler(message, record) if sub.state is None else handler(message, record, state)
@@ -179,6 +182,14 @@ async def _awaited(pending: Coroutine[Any, Any, Emits]) -> Outcome:
             raise
         return _handler_error(exc)
     return out
+
+
+def _describe(message: Any) -> None:
+    snapshot = getattr(message, "snapshot", None)
+    tracing.describe(saga_id=getattr(message, "saga_id", None),
+                     order_id=getattr(snapshot or message, "order_id", None),
+                     user=getattr(snapshot, "user", None),
+                     message_type=getattr(getattr(message, "type", None), "value", None))
 
 
 def _handler_error(exc: Exception) -> Rejected:

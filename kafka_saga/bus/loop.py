@@ -37,6 +37,7 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 from .. import logs
+from ..observation import tracing
 from ..observation.progress import Progress
 from .client import Bus, retry_until, visible_end
 from .handling import (
@@ -210,15 +211,21 @@ class _Runner(PartitionOwnership):
             handled += 1
             if not handled % YIELD_EVERY:  # let the other roles' work (sagas) step meanwhile
                 await asyncio.sleep(0)
-            result = handle_record(sub, record, state)
-            out = cast(Outcome, await result if type(result) is CoroutineType else result)
-            if isinstance(out, Rejected):
-                if out.by_handler:
-                    self.bus.metrics.errors.labels(role=sub.role).inc()
-                await self._reject(record, out.reason, out.error)
-            elif out:
-                for emit in out:  # delivered by the next checkpoint's flush
-                    await send(emit.topic, emit.value, emit.key, emit.headers, partition=emit.partition)
+            traced = tracing.consuming(sub.role, sub.group_id, record)  # its trace, current
+            rejected = None
+            try:
+                result = handle_record(sub, record, state)
+                out = cast(Outcome, await result if type(result) is CoroutineType else result)
+                if isinstance(out, Rejected):
+                    rejected = out.reason
+                    if out.by_handler:
+                        self.bus.metrics.errors.labels(role=sub.role).inc()
+                    await self._reject(record, out.reason, out.error)
+                elif out:
+                    for emit in out:  # delivered by the next checkpoint's flush
+                        await send(emit.topic, emit.value, emit.key, emit.headers, partition=emit.partition)
+            finally:
+                tracing.consumed(traced, rejected)
             if record.timestamp and record.timestamp > 0:
                 latency.observe(max(0.0, now - record.timestamp / 1000))
             progress.tick()  # a slow handler that gets through records is not stalled

@@ -22,6 +22,7 @@ from typing import cast
 
 from aiokafka import TopicPartition
 
+from ..observation import tracing
 from ..observation.metrics import Metrics
 from .handling import Emit, Outcome, Rejected, Subscription, batch_end, handle_record
 from .topics import Topics
@@ -142,13 +143,18 @@ class MemoryBus:
                 record = log[member.position[tp]]
                 member.position[tp] += 1
                 handled += 1
-                result = handle_record(sub, record, state)
-                out = cast(Outcome, await result if type(result) is CoroutineType else result)
-                if isinstance(out, Rejected):
-                    if sub.dead_letter:
-                        self.dead_letters.append((record, out, sub.role))
-                else:
-                    self._publish(out)
+                traced = tracing.consuming(sub.role, sub.group_id, record)
+                out: Outcome = None
+                try:
+                    result = handle_record(sub, record, state)
+                    out = cast(Outcome, await result if type(result) is CoroutineType else result)
+                    if isinstance(out, Rejected):
+                        if sub.dead_letter:
+                            self.dead_letters.append((record, out, sub.role))
+                    else:
+                        self._publish(out)
+                finally:
+                    tracing.consumed(traced, out.reason if isinstance(out, Rejected) else None)
             self.committed[(sub.group_id, tp)] = member.position[tp]
         if handled:
             self._publish(await batch_end(sub))
@@ -180,4 +186,5 @@ class MemoryBus:
 
     def _publish(self, out: Iterable[Emit] | None) -> None:
         for emit in out or ():
-            self.publish(emit.topic, emit.value, emit.key, emit.partition, emit.headers or ())
+            self.publish(emit.topic, emit.value, emit.key, emit.partition,
+                         tracing.inject(emit.headers) or ())

@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from .. import logs
 from ..core.contracts import TRUNCATED_HEADER, dlq_headers
+from ..observation import tracing
 from ..observation.metrics import Metrics
 
 log = logs.get("producer")
@@ -159,6 +160,7 @@ class Producer:
         """Enqueue one record (to ``partition`` if given, else by key); it is delivered by the
         next :meth:`flush` at the latest. Returns the record (its offset once flushed).
         Inside a transaction's scope (exactly-once), the record joins that transaction."""
+        headers = tracing.inject(headers)  # the trace it is written in goes with it
         txn = scope.get()
         if txn is not None:
             return await txn.send(topic, value, key, headers, partition)

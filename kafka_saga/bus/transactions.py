@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
+from ..observation import tracing
 from .client import Bus
 from .fence import Fenced
 from .producer import Headers, Outgoing, scope
@@ -98,6 +99,7 @@ class PartitionTransaction:
         if self.closed:
             raise Fenced(f"{self.tp.topic}:{self.tp.partition} is no longer held here; "
                          "its next owner carries on from the last commit")
+        headers = tracing.inject(headers)  # the trace it is written in goes with it
         record = Outgoing(topic, value, key, headers or [], partition, committed=self.committed)
         future = record.future = await self.kafka.send(topic, value, key=key,
                                                        headers=record.headers, partition=partition)

@@ -44,7 +44,8 @@ def pack(saga: Saga, partition: int, full: bool = False) -> bytes:
         fields_ = [partition, saga.command_id, saga.status,
                    [getattr(saga.snapshot, name) for name in SNAPSHOT_FIELDS], saga.completed,
                    saga.compensated, saga.retry_count, saga.reason, saga.step,
-                   [ending.outcome, ending.step, ending.reason] if ending else None, saga.origin]
+                   [ending.outcome, ending.step, ending.reason] if ending else None, saga.origin,
+                   saga.trace]
     return bytes(memoryview(orjson.dumps(fields_)))  # a copy: orjson's bytes keep 4 KiB spare
 
 
@@ -54,11 +55,11 @@ def unpack(saga_id: str, record: bytes) -> Saga | None:
     if len(fields) == 3:
         return None
     (_, command_id, status, snapshot, completed, compensated, retry_count, reason, step,
-     ending, origin) = fields
+     ending, origin, *rest) = fields  # rest: the trace (records written before it had none)
     return Saga(saga_id, Snapshot(*snapshot), command_id, status,
                 [Step(s) for s in completed], [Step(s) for s in compensated], retry_count,
                 reason, Step(step), Ending(ending[0], Step(ending[1]), ending[2]) if ending else None,
-                tuple(origin) if origin else None)
+                tuple(origin) if origin else None, rest[0] if rest else "")
 
 
 class FinishedSagas:

@@ -69,6 +69,7 @@ class Saga:
     step: Step = Step.VALIDATION
     ending: Ending | None = None
     origin: tuple[int, int] | None = None  # (partition, offset) of the OrderCreate command
+    trace: str = ""  # the W3C traceparent its records continue (from its OrderCreated)
 
     @property
     def order_id(self) -> str:
@@ -94,6 +95,8 @@ class Saga:
                                    int(event.metadata["command_offset"]))
                 except (KeyError, ValueError):
                     self.origin = None
+            if not self.trace:
+                self.trace = event.metadata.get("traceparent", "")
             return False
         if kind is EventType.ORDER_APPROVED:
             if step in self.completed or self.status != PENDING:

@@ -155,6 +155,7 @@ class OrdersView:
             if record.created:
                 return False
             record.created = True
+            record.saga.apply(event)  # its origin and its trace
             return True
         if not record.saga.apply(event):
             return False

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..core.contracts import Snapshot, Step
 from ..core.saga import Saga
+from ..observation.tracing import trace_id_of
 from .history import History, history_view
 
 
@@ -61,7 +62,7 @@ class SagaRecord:
             "item": snap.item, "quantity": snap.quantity, "price_cents": snap.price_cents,
             "status": self.status, "step": self.step.value, "reason": self.reason,
             "retry_count": self.retry_count, "created_at": self.created_at,
-            "updated_at": self.updated_at,
+            "updated_at": self.updated_at, "trace_id": trace_id_of(self.saga.trace),
             "history": [history_view(entry) for entry in self.history],
         }
 

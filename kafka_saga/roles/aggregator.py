@@ -23,6 +23,7 @@ from ..bus.handling import Emit, PartitionStates
 from ..bus.loop import Subscription
 from ..core.contracts import Event
 from ..core.fold import AggregateFold
+from ..observation import tracing
 from .base import Role
 
 log = logs.get("aggregator")
@@ -38,7 +39,13 @@ class AggregatorRole(Role):
         self.dirty: dict[str, AggregateFold] = {}
 
     def fold(self, event: Event, _record: Any, fold: AggregateFold) -> None:
-        user = fold.apply(event)
+        if tracing.on():
+            with tracing.span("aggregator fold", {"user": event.snapshot.user,
+                                                  "order_id": event.snapshot.order_id,
+                                                  "saga_id": event.saga_id}):
+                user = fold.apply(event)
+        else:
+            user = fold.apply(event)
         if user is not None:
             self.dirty[user] = fold
 

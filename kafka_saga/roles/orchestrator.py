@@ -30,6 +30,7 @@ from typing import Any
 import backoff
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from opentelemetry.trace import SpanKind
 
 from .. import logs
 from ..bus.fence import Fence, Fenced
@@ -52,6 +53,8 @@ from ..core.finished import settled
 from ..core.payment import APPROVED, SimulatedGateway, TransientPaymentError
 from ..core.saga import FAILED, REJECTED, Ending, Saga, validate
 from ..core.sagabook import SagaBook
+from ..observation import tracing
+from . import saga_trace
 from .answers import Answers
 from .base import Role
 from .saga_books import SagaBooks, partition_of
@@ -108,10 +111,14 @@ class OrchestratorRole(Role):
         saga = Saga(command.saga_id, command.snapshot, command.command_id,
                     origin=(record.partition, record.offset))
         self.clock.started(saga.saga_id, record.partition, record.timestamp)
-        await self.emit(saga, saga.event(EventType.ORDER_CREATED, Step.VALIDATION, metadata={
-            "command_partition": str(record.partition), "command_offset": str(record.offset)}),
-            flush=False)
-        self.start(saga)
+        token = tracing.attach_new()  # a command written without a trace starts one here
+        try:
+            await self.emit(saga, saga.event(EventType.ORDER_CREATED, Step.VALIDATION, metadata={
+                "command_partition": str(record.partition), "command_offset": str(record.offset),
+                "traceparent": tracing.traceparent()}), flush=False)
+            self.start(saga)
+        finally:
+            tracing.detach(token)
 
     async def reject(self, command: Command, book: SagaBook) -> None:
         reason = command.metadata.get("reason") or "rejected"
@@ -158,24 +165,26 @@ class OrchestratorRole(Role):
     async def drive(self, saga: Saga) -> None:
         # exactly-once: the saga's records join its commands partition's transaction
         bind(self.bus, TopicPartition(self.bus.topics.commands, partition_of(saga)))
+        tracing.attach_traceparent(saga.trace)  # this task's own context: its order's trace
         try:
             while not saga.terminal:
                 if saga.ending is not None:  # resumed half-way through its compensations
                     await self.finish(saga, saga.ending)
                     return
-                step = saga.next_step()
-                if step is Step.VALIDATION:
-                    refusal = validate(saga.snapshot, self.catalog)
-                    if refusal:
-                        await self.finish(saga, Ending(REJECTED, step, refusal))
+                step = saga.next_step() or Step.FINALIZE
+                with saga_trace.step(saga, step):
+                    if step is Step.VALIDATION:
+                        refusal = validate(saga.snapshot, self.catalog)
+                        if refusal:
+                            await self.finish(saga, Ending(REJECTED, step, refusal))
+                        else:
+                            await self.emit(saga, saga.event(EventType.ORDER_APPROVED, step), flush=False)
+                    elif step is Step.PAYMENT:
+                        await self.pay(saga)
+                    elif step is Step.INVENTORY:
+                        await self.reserve(saga)
                     else:
-                        await self.emit(saga, saga.event(EventType.ORDER_APPROVED, step), flush=False)
-                elif step is Step.PAYMENT:
-                    await self.pay(saga)
-                elif step is Step.INVENTORY:
-                    await self.reserve(saga)
-                else:
-                    await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.FINALIZE))
+                        await self.emit(saga, saga.event(EventType.ORDER_APPROVED, Step.FINALIZE))
         except asyncio.CancelledError:
             raise
         except Fenced:
@@ -199,9 +208,10 @@ class OrchestratorRole(Role):
         while True:  # a plain loop: a decorator built per saga cost more than the step itself
             tries += 1
             try:
-                await self.fence.owned()  # never charge for a saga this process may have lost
-                async with asyncio.timeout(settings.payment_timeout_s):
-                    outcome = await self.gateway.charge(saga.saga_id, saga.snapshot)
+                with saga_trace.attempt(saga, Step.PAYMENT, "payment attempt", tries):
+                    await self.fence.owned()  # never charge for a saga this process may have lost
+                    async with asyncio.timeout(settings.payment_timeout_s):
+                        outcome = await self.gateway.charge(saga.saga_id, saga.snapshot)
                 break
             except (TransientPaymentError, TimeoutError) as exc:
                 error = str(exc) or f"no answer within {settings.payment_timeout_s}s"
@@ -238,13 +248,16 @@ class OrchestratorRole(Role):
         for attempt in range(1, settings.inventory_max_tries + 1):
             waiter = self.answers.expect(saga.saga_id)
             try:
-                await self.fence.owned()
-                # acknowledged with the saga's events before it (their partition keeps order)
-                last = self.last_event.get(saga.saga_id)
-                await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(),
-                                                      request.key, headers,
-                                                      after=(last,) if last is not None else ())
-                approved, reason = await self.answers.wait(waiter, partition, settings.inventory_timeout_s)
+                with saga_trace.attempt(saga, Step.INVENTORY, "inventory request", attempt, SpanKind.PRODUCER):
+                    await self.fence.owned()
+                    # acknowledged with the saga's events before it (their partition keeps order)
+                    last = self.last_event.get(saga.saga_id)
+                    await self.bus.producer.send_and_wait(self.bus.topics.inventory, request.encode(),
+                                                          request.key, headers,
+                                                          after=(last,) if last is not None else ())
+                    approved, reason = await self.answers.wait(waiter, partition,
+                                                               settings.inventory_timeout_s)
+                    tracing.describe(approved=approved, reason=reason)
             except TimeoutError:
                 self.bus.metrics.step_timeouts.labels(step=Step.INVENTORY.value).inc()
                 log.warning("inventory did not answer in time", saga_id=saga.saga_id,
@@ -267,13 +280,15 @@ class OrchestratorRole(Role):
         event is acknowledged with what the saga sent before it (``sent``: a dead letter, a
         release request)."""
         before = list(sent)
+        saga_trace.ended(saga, ending)
         for step in saga.pending_compensations():
-            if step is Step.INVENTORY:
-                before.append(await self.release(saga))
-            else:
-                await self.fence.owned()
-                await self.gateway.refund(saga.saga_id, saga.snapshot)
-            await self.emit(saga, saga.compensation_event(step, ending), after=tuple(before))
+            with saga_trace.compensation(saga, step, ending):
+                if step is Step.INVENTORY:
+                    before.append(await self.release(saga))
+                else:
+                    await self.fence.owned()
+                    await self.gateway.refund(saga.saga_id, saga.snapshot)
+                await self.emit(saga, saga.compensation_event(step, ending), after=tuple(before))
             before = []
         await self.emit(saga, saga.terminal_event(ending), after=tuple(before))
 

@@ -36,6 +36,7 @@ from ..config import non_negative_int
 from ..core.catalog import Catalog
 from ..core.contracts import Event, reply_partition
 from ..core.rules import TrackerRules, VelocityWindow, reject_command
+from ..observation import tracing
 from .base import Role
 
 log = logs.get("tracker")
@@ -78,7 +79,16 @@ class TrackerRole(Role):
         client's partitioner may disagree with (by key only for an event without the header,
         not written by the orchestrator)."""
         out = []
-        for violation in rules.observe(event):
+        if tracing.on():
+            with tracing.span("tracker rules", {"saga_id": event.saga_id, "order_id": event.snapshot.order_id,
+                                                "user": event.snapshot.user, "step": event.step.value,
+                                                "event_type": event.type.value}):
+                broken = list(rules.observe(event))
+                tracing.describe(rules_broken=len(broken),
+                                 rules=",".join(v.rule for v in broken) or None)
+        else:
+            broken = rules.observe(event)
+        for violation in broken:
             command = reject_command(violation)
             partition = reply_partition(record.headers)
             out.append(Emit(self.ctx.bus.topics.replies, command.encode(), command.key,

@@ -14,6 +14,7 @@ from ..bus.embedded import EmbeddedBroker
 from ..bus.kafka_engine import KafkaCluster
 from ..bus.ports import free_port, free_port_pair, port_is_free
 from ..config import QUERY_PORT_SETTING, PortTaken, Settings, metrics_port_setting
+from ..observation import tracing
 from ..observation.http import bind_problem, listen_error
 from ..roles.base import RoleContext
 from .broker_watch import BrokerWatch
@@ -83,6 +84,15 @@ class Platform:
         """Run until stopped; return the exit code. A setting no restart can fix raises its
         :class:`~kafka_saga.config.ConfigError` (before anything starts, when it can be seen)."""
         check_listening(self.settings, self.role_names)
+        exporter = tracing.configure()  # OTEL_TRACES_EXPORTER: none (the default), console, otlp
+        if tracing.on():
+            log.info("tracing on", exporter=exporter)
+        try:
+            return await self._run(on_ready)
+        finally:
+            tracing.shutdown()  # what is still buffered is exported
+
+    async def _run(self, on_ready: Callable[[Platform], None] | None) -> int:
         async with broker_for(self.settings) as (bootstrap, embedded):
             self.settings = replace(self.settings, bootstrap_servers=bootstrap)  # settled here, once
             bus = self.bus = Bus(self.settings)

@@ -150,15 +150,16 @@ class Watch:
 
 
 def spawn_runtime(settings: Any, log_path: str, roles: str = ALL_BUT_DEMO,
-                  **env: str) -> subprocess.Popen[bytes]:
-    """``kafka-saga run`` in a process of its own, logging JSON to ``log_path``."""
+                  program: tuple[str, ...] = ("-m", "kafka_saga"), **env: str) -> subprocess.Popen[bytes]:
+    """``kafka-saga run`` in a process of its own, logging JSON to ``log_path`` (``program``:
+    what Python runs, e.g. a script that sets something up first)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PAYMENT_", "INVENTORY_"))
             or k == "KAFKA_SAGA_PROCESSING"}  # the guarantee the suite is run at
     full = {**base, "PYTHONPATH": ROOT, "LOG_FORMAT": "json", "LOG_LEVEL": "warning",
             "KAFKA_SAGA_TOPIC_PREFIX": settings.topic_prefix, "QUERY_API_PORT": "0",
             "KAFKA_SAGA_PARTITIONS": str(settings.partitions), "PAYMENT_FAILURE_RATE": "0", **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "kafka_saga", "run", "--roles", roles,
+        [sys.executable, *program, "run", "--roles", roles,
          "--bootstrap-servers", settings.bootstrap_servers],
         env=full, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 

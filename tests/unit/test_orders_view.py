@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -61,13 +62,27 @@ def test_approved_order_view_has_every_field_and_its_history():
         "order_id": "o1", "saga_id": "saga-o1", "user": "bob", "item": "book", "quantity": 3,
         "price_cents": 1500, "status": "approved", "step": "Finalize", "reason": "",
         "retry_count": 0, "created_at": "2026-01-01T00:00:00.000000Z",
-        "updated_at": "2026-01-01T00:00:00.004000Z",
+        "updated_at": "2026-01-01T00:00:00.004000Z", "trace_id": None,
     }
     assert [(h["type"], h["step"]) for h in history] == [
         ("OrderCreated", "Validation"), ("OrderApproved", "Validation"), ("OrderApproved", "Payment"),
         ("OrderApproved", "Inventory"), ("OrderApproved", "Finalize")]
     assert set(history[0]) == {"type", "step", "occurred_at", "retry_count", "error_message"}
     assert view.order("nope") is None and len(view) == 1
+
+
+def test_an_order_reports_the_trace_its_created_event_names():
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    events = approved("o1")
+    events[0] = dataclasses.replace(events[0], metadata={"traceparent": parent})
+    events[1] = dataclasses.replace(events[1], metadata={"traceparent": "00-" + "f" * 32 + "-" + "1" * 16 + "-01"})
+    view = view_of(events)
+    order = view.order("o1")
+    assert order is not None and order["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    malformed = approved("o2")
+    malformed[0] = dataclasses.replace(malformed[0], metadata={"traceparent": "garbage"})
+    view = view_of(malformed)
+    assert view.order("o2")["trace_id"] is None  # type: ignore[index]
 
 
 def test_pending_failed_and_rejected_states():
