@@ -13,6 +13,8 @@ bench process (or, for HTTP load, another one):
               and watched from the bench process; then the latency submission -> terminal at
               half and at the full measured maximum
   scale       the same with --processes N runtime processes (default 2), against one
+  tracing     the saga scenario with tracing off (the default), on with a no-op exporter and
+              on with the SDK's in-memory exporter, alternating runs: orders/s and CPU/order
   query       GET /aggregates/{user} of the query role next to a bare aiohttp handler, both in
               the bench process, under load from another process (wrk when installed)
   replay      rebuilding the projections from orders.events (worker processes, one per core),
@@ -259,6 +261,16 @@ def print_table(report: dict) -> None:
             rows.append(("exactly-once / at-least-once", f"{p['ratio']:.2f}", "-"))
             rows.append(("latency p50/p99 at half rate, at-least-once / exactly-once (ms)",
                          f"{p['latency']['at_least_once']} / {p['latency']['exactly_once']}", "-"))
+    if "tracing" in report:
+        t = report["tracing"]
+        rows.append(("saga, tracing off / no-op exporter / in-memory (orders/s)",
+                     f"{t['off']['median']:,.0f} / {t['noop_exporter']['median']:,.0f} / "
+                     f"{t['memory_exporter']['median']:,.0f}", "baseline: off"))
+        rows.append(("tracing on / off, no-op exporter; in-memory",
+                     f"{t['ratio_noop']:.2f}; {t['ratio_memory']:.2f}", "-"))
+        rows.append(("runtime CPU per order, off / no-op / in-memory (ms)",
+                     f"{t['off']['cpu_ms_per_order']:.2f} / {t['noop_exporter']['cpu_ms_per_order']:.2f} / "
+                     f"{t['memory_exporter']['cpu_ms_per_order']:.2f}", "-"))
     if "memory" in report:
         mem = report["memory"]
         rows.append((f"peak RSS after {mem['orders']:,} orders (MB)", f"{mem['peak_rss_mb']:.0f}", "< 300"))
@@ -277,7 +289,7 @@ async def main() -> int:
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int)
-    parser.add_argument("--scenarios", default="raw,aggregator,saga,scale,query,replay,recovery,burst")
+    parser.add_argument("--scenarios", default="raw,aggregator,saga,scale,tracing,query,replay,recovery,burst")
     parser.add_argument("--burst", type=int, default=0, metavar="ORDERS",
                         help="burst size (default 100,000; --quick 20,000)")
     parser.add_argument("--burst-kill", action="store_true", help="SIGKILL the runtime mid-burst")
@@ -333,6 +345,9 @@ async def main() -> int:
                                "ratio": statistics.median(r["orders_per_s"] for r in runs) / one["median"]}
         if "processing" in wanted:  # the exactly-once checkpoint's cost, same broker, same run
             report["processing"] = await bench_saga.processing(
+                settings_for(bootstrap, args.partitions), int(3000 * scale), repeat)
+        if "tracing" in wanted:  # the cost of spans, same broker, same run
+            report["tracing"] = await bench_saga.tracing(
                 settings_for(bootstrap, args.partitions), int(3000 * scale), repeat)
         if "query" in wanted:
             runs = [await bench_query.query_api(settings_for(bootstrap, args.partitions),

@@ -96,9 +96,10 @@ async def stop_platform(platform: Platform, task: asyncio.Task[int]) -> None:
     await task
 
 
-def spawn_runtime(settings: Any, roles: list[str], **extra: str) -> subprocess.Popen[bytes]:
+def spawn_runtime(settings: Any, roles: list[str], program: tuple[str, ...] = ("-m", "kafka_saga"),
+                  **extra: str) -> subprocess.Popen[bytes]:
     """``kafka-saga run`` in a process of its own (the tree of KAFKA_SAGA_BENCH_RUNTIME_ROOT
-    if set, to measure a baseline with the same scenario)."""
+    if set, to measure a baseline with the same scenario; ``program``: what Python runs)."""
     root = os.environ.get("KAFKA_SAGA_BENCH_RUNTIME_ROOT", str(ROOT))
     env = {**os.environ, "PYTHONPATH": root, "KAFKA_SAGA_TOPIC_PREFIX": settings.topic_prefix,
            "KAFKA_SAGA_PARTITIONS": str(settings.partitions), "PAYMENT_FAILURE_RATE": "0",
@@ -108,7 +109,7 @@ def spawn_runtime(settings: Any, roles: list[str], **extra: str) -> subprocess.P
     if log_dir:
         env["LOG_LEVEL"], env["LOG_FORMAT"] = "info", "json"
         out = open(os.path.join(log_dir, f"runtime-{time.time_ns()}.log"), "wb")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "kafka_saga", "run", "--roles", ",".join(roles),
+    return subprocess.Popen([sys.executable, *program, "run", "--roles", ",".join(roles),
                              "--bootstrap-servers", settings.bootstrap_servers], env=env,
                             stdout=out, stderr=subprocess.STDOUT, cwd=root)
 
@@ -147,14 +148,17 @@ async def runtime_metrics(ports: list[int]) -> dict[str, Any]:
     return total
 
 
-async def saga_throughput(settings: Any, orders: int, processes: int = 0) -> dict[str, Any]:
+async def saga_throughput(settings: Any, orders: int, processes: int = 0,
+                          program: tuple[str, ...] = ("-m", "kafka_saga"),
+                          env: dict[str, str] | None = None) -> dict[str, Any]:
     """Orders end to end through ``processes`` runtime processes (default one), each running
     every role; the orders are submitted, and their terminal events watched, from this
     process. Orders/s from the first submission to the last terminal event; then (one
     runtime) the latency submission -> terminal at half and at the full measured rate."""
     count = max(1, processes)
     ports = [free_port() for _ in range(count)]
-    procs = [spawn_runtime(settings, ALL_ROLES, QUERY_API_PORT=str(port)) for port in ports]
+    procs = [spawn_runtime(settings, ALL_ROLES, program, QUERY_API_PORT=str(port), **(env or {}))
+             for port in ports]
     bus, watch = await watched_bus(settings)
     try:
         await _through(bus, watch, commands(20 * count), 180)  # every group has joined
@@ -359,3 +363,28 @@ async def processing(settings: Any, orders: int, repeat: int) -> dict[str, Any]:
                for mode, rs in runs.items()}
     return {**{mode: {"median": medians[mode], "runs": rs} for mode, rs in runs.items()},
             "ratio": medians["exactly_once"] / medians["at_least_once"], "latency": latency}
+
+
+# the runtime with an SDK tracer provider set up first (tests/support/traced_runtime.py)
+TRACED = ("-m", "tests.support.traced_runtime")
+TRACING_MODES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "off": (("-m", "kafka_saga"), {}),  # the default: the context travels, no spans
+    "noop_exporter": (TRACED, {"KAFKA_SAGA_TRACE_EXPORTER": "noop"}),  # spans made, then dropped
+    "memory_exporter": (TRACED, {"KAFKA_SAGA_TRACE_EXPORTER": "memory"}),  # spans kept in memory
+}
+
+
+async def tracing(settings: Any, orders: int, repeat: int) -> dict[str, Any]:
+    """Saga throughput with tracing off, on with a no-op exporter and on with the SDK's
+    in-memory exporter, on the same broker, alternating runs."""
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in TRACING_MODES}
+    for _ in range(repeat):
+        for mode, (program, env) in TRACING_MODES.items():
+            fresh = replace(settings, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
+            runs[mode].append(await saga_throughput(fresh, orders, program=program, env=env))
+    medians = {mode: statistics.median(r["orders_per_s"] for r in rs) for mode, rs in runs.items()}
+    cpu = {mode: statistics.median(r["cpu_ms_per_order"] for r in rs) for mode, rs in runs.items()}
+    return {**{mode: {"median": medians[mode], "cpu_ms_per_order": cpu[mode], "runs": rs}
+               for mode, rs in runs.items()},
+            "ratio_noop": medians["noop_exporter"] / medians["off"],
+            "ratio_memory": medians["memory_exporter"] / medians["off"]}

@@ -23,7 +23,7 @@ from ..support.platform import eventually
 
 TIMEOUT = 60.0
 ORDER_FIELDS = {"order_id", "saga_id", "user", "item", "quantity", "price_cents", "status", "step",
-                "reason", "retry_count", "created_at", "updated_at", "history"}
+                "reason", "retry_count", "created_at", "updated_at", "trace_id", "history"}
 
 
 async def commands_on_topic(bus) -> list[tuple[bytes, Command]]:
@@ -175,6 +175,7 @@ async def test_order_view_follows_the_saga_events(platform, settings, bus):
     approved = await eventually(lambda: order_seen(platform, "o-approved", "approved"), TIMEOUT,
                                 what="approved order served")
     assert set(approved) == ORDER_FIELDS
+    assert approved["trace_id"] is None  # events written here name no trace
     first = streams["approved"][0]
     assert (approved["saga_id"], approved["user"], approved["item"], approved["quantity"],
             approved["price_cents"], approved["step"], approved["reason"]) == (
