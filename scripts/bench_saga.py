@@ -371,6 +371,9 @@ TRACING_MODES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "off": (("-m", "kafka_saga"), {}),  # the default: the context travels, no spans
     "noop_exporter": (TRACED, {"KAFKA_SAGA_TRACE_EXPORTER": "noop"}),  # spans made, then dropped
     "memory_exporter": (TRACED, {"KAFKA_SAGA_TRACE_EXPORTER": "memory"}),  # spans kept in memory
+    "sampled_10pct": (TRACED, {"KAFKA_SAGA_TRACE_EXPORTER": "noop",  # what production would run
+                               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                               "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
 }
 
 
@@ -387,4 +390,5 @@ async def tracing(settings: Any, orders: int, repeat: int) -> dict[str, Any]:
     return {**{mode: {"median": medians[mode], "cpu_ms_per_order": cpu[mode], "runs": rs}
                for mode, rs in runs.items()},
             "ratio_noop": medians["noop_exporter"] / medians["off"],
-            "ratio_memory": medians["memory_exporter"] / medians["off"]}
+            "ratio_memory": medians["memory_exporter"] / medians["off"],
+            "ratio_sampled": medians["sampled_10pct"] / medians["off"]}

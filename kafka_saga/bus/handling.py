@@ -131,6 +131,8 @@ class Subscription:
     # Whether handling writes records (outputs, dead letters): under exactly-once such a
     # consumer, like one with a changelog, checkpoints in transactions.
     produces: bool = False
+    # The name of each record's span when tracing is on (default: "<role> process <topic>")
+    span_name: str | None = None
 
     @property
     def transactional(self) -> bool:
@@ -189,6 +191,7 @@ def _describe(message: Any) -> None:
     tracing.describe(saga_id=getattr(message, "saga_id", None),
                      order_id=getattr(snapshot or message, "order_id", None),
                      user=getattr(snapshot, "user", None),
+                     step=getattr(getattr(message, "step", None), "value", None),
                      message_type=getattr(getattr(message, "type", None), "value", None))
 
 

@@ -211,7 +211,7 @@ class _Runner(PartitionOwnership):
             handled += 1
             if not handled % YIELD_EVERY:  # let the other roles' work (sagas) step meanwhile
                 await asyncio.sleep(0)
-            traced = tracing.consuming(sub.role, sub.group_id, record)  # its trace, current
+            traced = tracing.consuming(sub.role, sub.group_id, record, sub.span_name)  # its trace, current
             rejected = None
             try:
                 result = handle_record(sub, record, state)

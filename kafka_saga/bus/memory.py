@@ -143,7 +143,7 @@ class MemoryBus:
                 record = log[member.position[tp]]
                 member.position[tp] += 1
                 handled += 1
-                traced = tracing.consuming(sub.role, sub.group_id, record)
+                traced = tracing.consuming(sub.role, sub.group_id, record, sub.span_name)
                 out: Outcome = None
                 try:
                     result = handle_record(sub, record, state)

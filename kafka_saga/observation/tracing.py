@@ -9,16 +9,19 @@ across processes: the context travels in the records, never in memory.
 Spans are recorded only when :func:`configure` found an exporter (the standard
 ``OTEL_TRACES_EXPORTER=console|otlp``, ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``...) or
 an SDK tracer provider was set before (a test's in-memory exporter). Off, the default, the
-loop only moves a record's context along: no span objects, no ids drawn per record.
+loop only moves a record's header bytes along (checked, never parsed into objects) in a
+context variable of its own: no spans, no ids drawn per record.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -45,6 +48,9 @@ _propagator = TraceContextTextMapPropagator()
 _on = False
 _provider: Any = None
 _NOTHING: AbstractContextManager[Any] = nullcontext()
+# off: the current (traceparent, tracestate) header values, as read
+_carried: ContextVar[tuple[bytes, bytes | None] | None] = ContextVar("kafka_saga_trace", default=None)
+_TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def on() -> bool:
@@ -134,8 +140,27 @@ def _text(value: Any) -> str:
     return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
 
 
+def _header_values(headers: Any) -> tuple[bytes, bytes | None] | None:
+    """A record's (traceparent, tracestate) values when its traceparent is well-formed."""
+    if not headers:
+        return None
+    parent = state = None
+    for key, value in headers:
+        if key == TRACEPARENT:
+            parent = value
+        elif key == TRACESTATE:
+            state = value
+    if parent is None or not isinstance(parent, bytes) or len(parent) != 55 \
+            or _TRACEPARENT.fullmatch(parent) is None:
+        return None
+    return parent, state
+
+
 def traceparent(span_context: SpanContext | None = None) -> str:
     """The ``traceparent`` of ``span_context`` (default: the current one); "" when none."""
+    if span_context is None and not _on:
+        carried = _carried.get()
+        return carried[0].decode() if carried is not None else ""
     ctx = span_context or trace.get_current_span().get_span_context()
     if not ctx.is_valid:
         return ""
@@ -152,52 +177,71 @@ def trace_id_of(parent: str) -> str | None:
 
 def inject(headers: Headers | None) -> Headers | None:
     """``headers`` with the current trace context added (unless they carry one already)."""
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return headers
+    if _on:
+        ctx = trace.get_current_span().get_span_context()
+        if not ctx.is_valid:
+            return headers
+        values: tuple[bytes, bytes | None] = (
+            traceparent(ctx).encode(), ctx.trace_state.to_header().encode() if ctx.trace_state else None)
+    else:
+        carried = _carried.get()
+        if carried is None:
+            return headers
+        values = carried
     if headers:
         for key, _ in headers:
             if key == TRACEPARENT:
                 return headers
     out = list(headers) if headers else []
-    out.append((TRACEPARENT, traceparent(ctx).encode()))
-    if ctx.trace_state:
-        out.append((TRACESTATE, ctx.trace_state.to_header().encode()))
+    out.append((TRACEPARENT, values[0]))
+    if values[1]:
+        out.append((TRACESTATE, values[1]))
     return out
 
 
 def attach_new() -> object | None:
     """Start a trace here when none is current (random ids, even when nothing exports): a
     token for :func:`detach`, or None when a trace was already current."""
-    if trace.get_current_span().get_span_context().is_valid:
+    if traceparent():
         return None
     generator = random.getrandbits
-    span = NonRecordingSpan(SpanContext(generator(128) or 1, generator(64) or 1, is_remote=False,
-                                        trace_flags=TraceFlags(TraceFlags.DEFAULT)))
-    return otel_context.attach(trace.set_span_in_context(span))
+    ids = SpanContext(generator(128) or 1, generator(64) or 1, is_remote=False,
+                      trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    if not _on:
+        return _carried.set((traceparent(ids).encode(), None))
+    return otel_context.attach(trace.set_span_in_context(NonRecordingSpan(ids)))
 
 
 def attach_traceparent(parent: str) -> object | None:
     """Make a stored ``traceparent`` current (a resumed saga's); a token, or None."""
-    if not parent:
+    values = _header_values(((TRACEPARENT, parent.encode()),)) if parent else None
+    if values is None:
         return None
-    found = parent_of(((TRACEPARENT, parent),))
+    if not _on:
+        return _carried.set(values)
+    found = parent_of(((TRACEPARENT, values[0]),))
     return otel_context.attach(found) if found is not None else None
 
 
 def detach(token: object | None) -> None:
-    if token is not None:
+    if token is None:
+        return
+    if isinstance(token, Token) and token.var is _carried:
+        _carried.reset(token)
+    else:
         otel_context.detach(token)  # type: ignore[arg-type]
 
 
 # --- spans --------------------------------------------------------------------------------
-def consuming(role: str, group: str, record: Any) -> tuple[Any, object] | None:
+def consuming(role: str, group: str, record: Any, name: str | None = None) -> tuple[Any, object] | None:
     """Make ``record``'s trace context current while it is handled; with tracing on, inside
-    a consumer span (a record without one starts a new trace). For :func:`consumed`."""
-    parent = parent_of(record.headers)
+    a consumer span (``name``, default "<role> process <topic>"; a record without a context
+    starts a new trace). For :func:`consumed`."""
     if not _on:
-        return (None, otel_context.attach(parent)) if parent is not None else None
-    span = tracer.start_span(f"{role} process {record.topic}", context=parent, kind=SpanKind.CONSUMER,
+        values = _header_values(record.headers)
+        return (None, _carried.set(values)) if values is not None else None
+    parent = parent_of(record.headers)
+    span = tracer.start_span(name or f"{role} process {record.topic}", context=parent, kind=SpanKind.CONSUMER,
                              attributes={"messaging.system": "kafka",
                                          "messaging.operation.type": "process",
                                          "messaging.destination.name": record.topic,
@@ -213,7 +257,7 @@ def consumed(entered: tuple[Any, object] | None, rejected: str | None = None) ->
     if entered is None:
         return
     span, token = entered
-    otel_context.detach(token)  # type: ignore[arg-type]
+    detach(token)
     if span is not None:
         if rejected is not None:
             span.set_attribute("kafka_saga.dead_letter_reason", rejected)
@@ -257,7 +301,8 @@ def server_span(name: str, headers: Any, attributes: dict[str, Any]) -> Iterator
                                           attributes=attributes):
             yield
         return
-    token = otel_context.attach(parent) if parent is not None else attach_new()
+    values = _header_values([(k, v.encode()) for k, v in carrier.items()]) if carrier else None
+    token = _carried.set(values) if values is not None else attach_new()
     try:
         yield
     finally:

@@ -23,7 +23,6 @@ from ..bus.handling import Emit, PartitionStates
 from ..bus.loop import Subscription
 from ..core.contracts import Event
 from ..core.fold import AggregateFold
-from ..observation import tracing
 from .base import Role
 
 log = logs.get("aggregator")
@@ -39,13 +38,7 @@ class AggregatorRole(Role):
         self.dirty: dict[str, AggregateFold] = {}
 
     def fold(self, event: Event, _record: Any, fold: AggregateFold) -> None:
-        if tracing.on():
-            with tracing.span("aggregator fold", {"user": event.snapshot.user,
-                                                  "order_id": event.snapshot.order_id,
-                                                  "saga_id": event.saga_id}):
-                user = fold.apply(event)
-        else:
-            user = fold.apply(event)
+        user = fold.apply(event)
         if user is not None:
             self.dirty[user] = fold
 
@@ -69,6 +62,7 @@ class AggregatorRole(Role):
 
     def subscriptions(self) -> list[Subscription]:
         return [self.subscription("aggregator", Event.decode_shared, self.fold, state=self.folds,
+                                  span_name="aggregator fold",  # each event's span (tracing on)
                                   on_batch_end=self.publish)]
 
     def health(self) -> dict[str, Any]:

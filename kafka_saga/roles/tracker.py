@@ -79,15 +79,9 @@ class TrackerRole(Role):
         client's partitioner may disagree with (by key only for an event without the header,
         not written by the orchestrator)."""
         out = []
-        if tracing.on():
-            with tracing.span("tracker rules", {"saga_id": event.saga_id, "order_id": event.snapshot.order_id,
-                                                "user": event.snapshot.user, "step": event.step.value,
-                                                "event_type": event.type.value}):
-                broken = list(rules.observe(event))
-                tracing.describe(rules_broken=len(broken),
-                                 rules=",".join(v.rule for v in broken) or None)
-        else:
-            broken = rules.observe(event)
+        broken = rules.observe(event)
+        if broken:  # on the event's span, "tracker rules" (tracing on)
+            tracing.describe(rules_broken=",".join(v.rule for v in broken))
         for violation in broken:
             command = reject_command(violation)
             partition = reply_partition(record.headers)
@@ -103,7 +97,8 @@ class TrackerRole(Role):
 
     def subscriptions(self) -> list[Subscription]:
         # not dead-lettering (declared): the aggregator owns orders.events
-        return [self.subscription("tracker", Event.decode_shared, self.handle, state=self.rules)]
+        return [self.subscription("tracker", Event.decode_shared, self.handle, state=self.rules,
+                                  span_name="tracker rules")]
 
     def health(self) -> dict[str, Any]:
         rules = list(self.rules.values())

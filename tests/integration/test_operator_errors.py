@@ -3,13 +3,19 @@ start, and an exit code of its own (docs/cli.md#exit-codes). Real subprocesses, 
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from kafka_saga.bus.ports import free_port
 from kafka_saga.config import BadBootstrap, PartitionsDisagree, PortTaken, UnreadableRoleList
+from tests.support.burst import spawn_runtime
+from tests.support.platform import eventually
+from tests.support.processes import json_log_lines
 
 from .test_cli import cli, output
 
@@ -107,3 +113,61 @@ async def test_partition_counts_that_disagree_stop_the_process_with_exit_8(setti
     assert "orders.commands has 3 partitions" in line and "orders.replies has 2 partitions" in line
     assert "--partitions 3" in line
     assert "role crashed" not in proc.stderr  # stopped at once, never restarted
+
+
+@pytest.mark.parametrize(("exporter", "words"), [
+    ("zipkin", "OTEL_TRACES_EXPORTER='zipkin': expected one of none, console, otlp"),
+    ("otlp", "OTEL_TRACES_EXPORTER=otlp needs the OTLP exporter: pip install 'kafka-saga[otlp]'"),
+])
+def test_a_trace_exporter_that_cannot_be_used_is_one_line_and_exit_2(settings, exporter, words):
+    pytest.importorskip("opentelemetry.sdk")
+    if exporter == "otlp":
+        try:
+            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+            pytest.skip("the OTLP exporter is installed here")
+        except ImportError:
+            pass
+    proc = cli("run", "--roles", "inventory", prefix=settings.topic_prefix,
+               bootstrap=settings.bootstrap_servers, timeout=60, OTEL_TRACES_EXPORTER=exporter)
+    assert proc.returncode == 2, output(proc)
+    assert words in one_line(proc)
+
+
+async def test_the_console_exporter_writes_spans_and_the_logs_name_them(settings, tmp_path):
+    """OTEL_TRACES_EXPORTER=console: spans as JSON lines on stdout at the latest at SIGTERM;
+    the log lines written inside a span carry its trace_id and span_id."""
+    port = free_port()
+    log = tmp_path / "run.log"
+    proc = spawn_runtime(settings, str(log), "query", QUERY_API_PORT=str(port), LOG_LEVEL="info",
+                         OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="console-test")
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await eventually(lambda: _ready(session, port), 60, what="query API ready")
+            body = {"user": "ann", "item": "latte", "quantity": 1}
+            async with session.post(f"http://127.0.0.1:{port}/orders", json=body,
+                                    headers={"traceparent": parent}) as answer:
+                assert answer.status == 202
+                order_id = (await answer.json())["order_id"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    lines = json_log_lines(str(log))
+    spans = {line["name"]: line for line in lines if "context" in line and "name" in line}
+    post = spans["POST /orders"]
+    assert post["context"]["trace_id"] == "0x4bf92f3577b34da6a3ce929d0e0e4736"
+    assert post["parent_id"] == "0x00f067aa0ba902b7"
+    assert post["attributes"]["order_id"] == order_id
+    assert post["resource"]["attributes"]["service.name"] == "console-test"
+    submitted = [line for line in lines if line.get("event") == "order submitted"]
+    assert submitted and submitted[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert submitted[0]["span_id"] == post["context"]["span_id"].removeprefix("0x")
+
+
+async def _ready(session: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/readyz") as answer:
+            return answer.status == 200
+    except aiohttp.ClientError:
+        return False

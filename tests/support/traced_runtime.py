@@ -15,7 +15,12 @@ import sys
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
@@ -26,12 +31,15 @@ class DroppingExporter(SpanExporter):
 
 def main() -> int:
     target = os.environ.get("KAFKA_SAGA_TEST_SPANS")
-    exporter: SpanExporter = InMemorySpanExporter()
-    if os.environ.get("KAFKA_SAGA_TRACE_EXPORTER", "memory") == "noop":
-        exporter = DroppingExporter()
     provider = TracerProvider(resource=Resource.create(
         {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", "kafka-saga")}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter: SpanExporter
+    if os.environ.get("KAFKA_SAGA_TRACE_EXPORTER", "memory") == "noop":
+        exporter = DroppingExporter()  # batched, as a real exporter is (OTEL_TRACES_EXPORTER)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    else:
+        exporter = InMemorySpanExporter()  # each span kept as it ends
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     from kafka_saga.cli import main as cli
 

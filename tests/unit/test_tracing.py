@@ -15,7 +15,8 @@ from opentelemetry.trace import StatusCode
 
 from kafka_saga.config import ConfigError
 from kafka_saga.core.catalog import Catalog
-from kafka_saga.core.contracts import EventType, Step
+from kafka_saga.core.contracts import EventType, Step, dlq_headers
+from kafka_saga.core.dead_letters import reinjection_headers
 from kafka_saga.core.finished import pack, unpack
 from kafka_saga.core.saga import Saga
 from kafka_saga.core.submission import new_order_command
@@ -185,3 +186,17 @@ def test_a_saga_keeps_the_trace_of_its_created_event_through_its_stored_record()
     assert restored is not None and restored.trace == PARENT
     old_record = pack(saga, 0, full=True).replace(b',"' + PARENT.encode() + b'"]', b"]")
     assert unpack(saga.saga_id, old_record).trace == ""  # written before sagas had one
+
+
+def test_a_dead_letter_keeps_its_trace_and_a_reinjected_one_continues_it() -> None:
+    original = [("reply-partition", b"1"), ("traceparent", PARENT.encode())]
+    letter = dlq_headers(reason="decode_error", error="bad", topic="orders.commands", partition=1,
+                         offset=9, role="orchestrator", retry_count=0, original=original)
+    assert ("traceparent", PARENT.encode()) in letter
+    again = reinjection_headers(SimpleNamespace(headers=letter))
+    assert tracing.parent_of(again) is not None
+    entered = tracing.consuming("orchestrator", "g", record(again))
+    try:
+        assert tracing.traceparent() == PARENT
+    finally:
+        tracing.consumed(entered)
