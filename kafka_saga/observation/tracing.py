@@ -241,6 +241,8 @@ def consuming(role: str, group: str, record: Any, name: str | None = None) -> tu
         values = _header_values(record.headers)
         return (None, _carried.set(values)) if values is not None else None
     parent = parent_of(record.headers)
+    if parent is not None and not trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+        return None, otel_context.attach(parent)  # a trace not sampled: carried, not recorded
     span = tracer.start_span(name or f"{role} process {record.topic}", context=parent, kind=SpanKind.CONSUMER,
                              attributes={"messaging.system": "kafka",
                                          "messaging.operation.type": "process",
@@ -267,8 +269,12 @@ def consumed(entered: tuple[Any, object] | None, rejected: str | None = None) ->
 
 def span(name: str, attributes: dict[str, Any] | None = None,
          kind: SpanKind = SpanKind.INTERNAL) -> AbstractContextManager[Any]:
-    """A span around a block, current inside it (exceptions recorded); nothing when off."""
+    """A span around a block, current inside it (exceptions recorded); nothing when off, or
+    inside a trace that is not sampled (parent-based sampling: its spans would not be)."""
     if not _on:
+        return _NOTHING
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and not current.trace_flags.sampled:
         return _NOTHING
     return tracer.start_as_current_span(name, attributes=attributes, kind=kind)
 

@@ -189,6 +189,12 @@ async def test_an_operator_follows_an_order_and_reinjects_a_dead_letter(settings
             payment = next(s for s in steps if "Payment" in s)
             assert "2 retries" in payment and re.search(r"\d+ ms$", payment), steps
             assert flaky.saga_id in await page.inner_text("#timeline")
+            # its trace id: the one the orchestrator started (the command carried none)
+            shown = await page.locator("#timeline .kv code").inner_text()
+            served = await page.evaluate(
+                "(id) => fetch('/orders/' + id).then((r) => r.json()).then((o) => o.trace_id)",
+                flaky.snapshot.order_id)
+            assert re.fullmatch(r"[0-9a-f]{32}", shown) and shown == served, (shown, served)
 
             # the step latency panel: each step of the last minute, with its percentiles
             await page.locator("#steps tbody tr", has_text="Payment").wait_for(timeout=10000)

@@ -198,3 +198,59 @@ async def test_one_order_is_one_trace_across_two_processes(two_runtimes: Runtime
     root = spans.one(trace_id, "orchestrator process orders.commands")
     assert root["parent_id"] is None
     assert spans.one(trace_id, "saga step Finalize")["attributes"]["order_id"] == bare.snapshot.order_id
+
+
+async def test_a_saga_resumed_by_another_process_continues_its_trace(settings, tmp_path) -> None:
+    """The orchestrator is stopped while a saga waits for the inventory (no participant runs);
+    the next one resumes it from its state store and carries on in the same trace."""
+    port = free_port()
+    files = {name: tmp_path / f"{name}.spans.json" for name in ("query", "first", "second")}
+    logs = {name: tmp_path / f"{name}.log" for name in files}
+    common = {"INVENTORY_TIMEOUT_S": "120"}
+
+    def start(name: str, roles: str, **env: str) -> subprocess.Popen[bytes]:
+        return spawn_runtime(settings, str(logs[name]), roles, HARNESS, OTEL_SERVICE_NAME=name,
+                             KAFKA_SAGA_TEST_SPANS=str(files[name]), **common, **env)
+
+    procs = {"query": start("query", "query", QUERY_API_PORT=str(port)),
+             "first": start("first", "orchestrator")}
+    url = f"http://127.0.0.1:{port}"
+    caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _ready(session, url, [logs["query"]])
+            order_id = await _order(session, url, {}, caller)
+            deadline = time.monotonic() + 90
+            while True:  # Payment done: the saga now waits for the inventory's answer
+                async with session.get(f"{url}/orders/{order_id}") as answer:
+                    order = await answer.json() if answer.status == 200 else {}
+                if any(h["step"] == "Payment" for h in order.get("history", ())):
+                    break
+                assert time.monotonic() < deadline, logs["first"].read_text()[-3000:]
+                await asyncio.sleep(0.2)
+            _stop(procs.pop("first"))
+            procs["second"] = start("second", "orchestrator,inventory")
+            order = await _ended(session, url, order_id)
+        assert order["status"] == "approved" and order["trace_id"] == CALLER_TRACE
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+    spans = Spans([s for path in files.values() for s in json.loads(path.read_text())],
+                  settings.topic_prefix)
+    created = spans.one(CALLER_TRACE, "orchestrator process orders.commands")
+    assert service(created) == "first"
+    resumed = [s for s in spans.named(CALLER_TRACE, "saga step Inventory") if service(s) == "second"]
+    assert resumed, spans.tree(CALLER_TRACE)
+    assert spans.parent(resumed[0]) is created  # the trace its OrderCreated named
+    finalize = spans.one(CALLER_TRACE, "saga step Finalize")
+    assert service(finalize) == "second" and spans.parent(finalize) is created
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

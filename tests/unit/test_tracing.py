@@ -200,3 +200,15 @@ def test_a_dead_letter_keeps_its_trace_and_a_reinjected_one_continues_it() -> No
         assert tracing.traceparent() == PARENT
     finally:
         tracing.consumed(entered)
+
+
+def test_on_a_trace_not_sampled_is_carried_and_not_recorded(exported) -> None:
+    unsampled = PARENT[:-2] + "00"
+    entered = tracing.consuming("orchestrator", "g", record([("traceparent", unsampled.encode())]))
+    try:
+        with tracing.span("saga step Payment") as span:
+            assert span is None
+            assert tracing.inject(None) == [("traceparent", unsampled.encode())]
+    finally:
+        tracing.consumed(entered)
+    assert exported.get_finished_spans() == ()
