@@ -205,10 +205,10 @@ def attach_new() -> object | None:
     if traceparent():
         return None
     generator = random.getrandbits
-    ids = SpanContext(generator(128) or 1, generator(64) or 1, is_remote=False,
-                      trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    if not _on:
-        return _carried.set((traceparent(ids).encode(), None))
+    trace_id, span_id = generator(128) or 1, generator(64) or 1
+    if not _on:  # the header itself: no objects (once per order)
+        return _carried.set((f"00-{trace_id:032x}-{span_id:016x}-01".encode(), None))
+    ids = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return otel_context.attach(trace.set_span_in_context(NonRecordingSpan(ids)))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from kafka_saga.bus.follow import read_topic
 from kafka_saga.bus.ports import free_port
@@ -254,3 +255,50 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+async def test_otlp_export_reaches_a_collector(settings, tmp_path) -> None:
+    """OTEL_TRACES_EXPORTER=otlp (the otlp extra): the spans reach an OTLP/HTTP receiver (a
+    real server on a socket, decoding the protobuf requests), at the latest at SIGTERM."""
+    trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+                                        reason="the otlp extra is not installed")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    received: list[Any] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        message = trace_service.ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(body=trace_service.ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    collector = web.TCPSite(runner, "127.0.0.1", 0)
+    await collector.start()
+    collector_port = runner.addresses[0][1]
+    port = free_port()
+    log = tmp_path / "run.log"
+    proc = spawn_runtime(settings, str(log), "query", QUERY_API_PORT=str(port),
+                         OTEL_TRACES_EXPORTER="otlp", OTEL_SERVICE_NAME="otlp-test",
+                         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector_port}")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _ready(session, url, [log])
+            order_id = await _order(session, url, {}, f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+        await asyncio.to_thread(_stop, proc)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+    finally:
+        _stop(proc)
+        await runner.cleanup()
+    spans = [(resource, span) for message in received for resource in message.resource_spans
+             for scope in resource.scope_spans for span in scope.spans]
+    post = [(r, s) for r, s in spans if s.name == "POST /orders"]
+    assert len(post) == 1, [s.name for _, s in spans]
+    resource, span = post[0]
+    assert span.trace_id.hex() == CALLER_TRACE and span.parent_span_id.hex() == CALLER_SPAN
+    assert {a.key: a.value.string_value for a in span.attributes}["order_id"] == order_id
+    assert {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"] == "otlp-test"
