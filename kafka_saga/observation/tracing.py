@@ -119,25 +119,14 @@ def shutdown() -> None:
 # --- the context in record headers ---------------------------------------------------------
 def parent_of(headers: Any) -> otel_context.Context | None:
     """The trace context a record's headers carry; None without one (or a malformed one)."""
-    if not headers:
+    values = _header_values(headers)
+    if values is None:
         return None
-    parent = state = None
-    for key, value in headers:
-        if key == TRACEPARENT:
-            parent = value
-        elif key == TRACESTATE:
-            state = value
-    if parent is None:
-        return None
-    carrier = {TRACEPARENT: _text(parent)}
-    if state:
-        carrier[TRACESTATE] = _text(state)
+    carrier = {TRACEPARENT: values[0].decode()}
+    if values[1]:
+        carrier[TRACESTATE] = values[1].decode("latin-1")
     found = _propagator.extract(carrier)
     return found if trace.get_current_span(found).get_span_context().is_valid else None
-
-
-def _text(value: Any) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
 
 
 def _header_values(headers: Any) -> tuple[bytes, bytes | None] | None:
