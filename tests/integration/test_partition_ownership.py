@@ -170,6 +170,7 @@ async def test_a_dead_letter_goes_back_to_its_origin_partition(platform, bus):
 
 async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_line(settings, tmp_path):
     from kafka_saga.bus.client import Bus
+    from kafka_saga.config import PartitionsDisagree
 
     bus = Bus(settings)
     admin = bus.admin()
@@ -187,7 +188,7 @@ async def test_unequal_partition_counts_stop_the_orchestrator_with_one_clear_lin
     finally:
         proc.kill()
     lines = [e for e in json_log_lines(log_path) if e.get("level") in ("error", "critical")]
-    assert code == 2, lines
+    assert code == PartitionsDisagree.exit_code == 8, lines
     assert len(lines) == 1, lines
     [line] = lines
     assert line["event"] == "role misconfigured: stopping the process", line
